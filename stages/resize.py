@@ -1,0 +1,26 @@
+"""resize: decode every image of data/split.csv once into uint8 arrays in data/cache/."""
+
+from pathlib import Path
+
+import pandas as pd
+
+from tlpipe import params
+from tlpipe.atomic import write_json
+from tlpipe.cache import build_cache
+from tlpipe.raw import RawData
+from tlpipe.stage import run
+
+
+def main() -> None:
+    p = params.load()
+    cfg = p["resize"]
+    table = pd.read_csv("data/split.csv", dtype=str, keep_default_na=False)
+    raw = RawData("data/raw", p["data"]["max_archive_gb"], p["data"]["max_archive_entries"])
+    metrics = build_cache(table, raw, Path("data/cache"), cfg["size"], cfg["mode"], cfg["workers"],
+                          cfg["max_unreadable_fraction"])
+    write_json("metrics/resize.json", metrics)
+    print(f"resize: {metrics['images']} cached, {metrics['unreadable_count']} unreadable")
+
+
+if __name__ == "__main__":
+    run(main)

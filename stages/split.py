@@ -1,0 +1,22 @@
+"""split: data/raw/ -> data/split.csv (path, label, split, group) + metrics/split.json."""
+
+from tlpipe import params
+from tlpipe.atomic import atomic_path, write_json
+from tlpipe.raw import RawData
+from tlpipe.split import build_split, split_metrics, write_split_csv
+from tlpipe.stage import run
+
+
+def main() -> None:
+    p = params.load()
+    raw = RawData("data/raw", p["data"]["max_archive_gb"], p["data"]["max_archive_entries"])
+    table, report = build_split(raw, p["split"])
+    with atomic_path("data/split.csv") as tmp:
+        write_split_csv(table, tmp)
+    metrics = split_metrics(table, report)
+    write_json("metrics/split.json", metrics)
+    print(f"split: {metrics['total']} ({metrics['skipped_count']} files skipped, see metrics/split.json)")
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,66 @@
+import io
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def png_bytes(seed: int, size=(12, 12), mode="RGB") -> bytes:
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "L": 1}[mode]
+    pixels = rng.integers(0, 256, size=(*size[::-1], channels), dtype=np.uint8).squeeze()
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode=mode).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def make_image_tree(root: Path, layout: dict[str, int], seed: int = 0, prefix: str = "img") -> list[Path]:
+    """layout: {'class_or/sub/path': count} -> distinct random PNGs; returns the files."""
+    files = []
+    for n_folder, (folder, count) in enumerate(sorted(layout.items())):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            path = root / folder / f"{prefix}{i:03d}.png"
+            path.write_bytes(png_bytes(seed * 100_000 + n_folder * 1000 + i))
+            files.append(path)
+    return files
+
+
+def default_params() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def split_cfg(**overrides) -> dict:
+    cfg = default_params()["split"]
+    cfg.update(overrides)
+    return cfg
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture
+def dvc_project(tmp_path):
+    """A fresh Git + DVC repository holding this project's pipeline (not its data or metrics)."""
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ("dvc.yaml", "params.yaml", ".gitignore", ".dvcignore"):
+        shutil.copy(REPO / name, project / name)
+    shutil.copytree(REPO / "stages", project / "stages")
+    shutil.copytree(REPO / "tlpipe", project / "tlpipe", ignore=shutil.ignore_patterns("__pycache__"))
+    run(["git", "init", "-q"], project)
+    run(["git", "config", "user.email", "test@example.com"], project)
+    run(["git", "config", "user.name", "test"], project)
+    run(["dvc", "init", "-q"], project)
+    run(["dvc", "config", "core.analytics", "false"], project)
+    return project

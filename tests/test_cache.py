@@ -1,0 +1,74 @@
+import io
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import make_image_tree, split_cfg
+from tlpipe.cache import build_cache, load_classes, load_split
+from tlpipe.errors import TlpipeError
+from tlpipe.raw import RawData
+from tlpipe.split import build_split
+
+
+def tree_with_bad_files(tmp_path, n_bad: int):
+    raw = tmp_path / "raw"
+    make_image_tree(raw / "set", {"a": 20, "b": 20})
+    bad = []
+    if n_bad >= 1:
+        (raw / "set" / "a" / "zero.png").write_bytes(b"")
+        bad.append("set/a/zero.png")
+    if n_bad >= 2:
+        (raw / "set" / "b" / "text.jpg").write_text("not a jpeg")
+        bad.append("set/b/text.jpg")
+    if n_bad >= 3:
+        buffer = io.BytesIO()
+        Image.new("RGB", (64, 64), (9, 9, 9)).save(buffer, "JPEG")
+        (raw / "set" / "b" / "truncated.jpg").write_bytes(buffer.getvalue()[:300])
+        bad.append("set/b/truncated.jpg")
+    table, _ = build_split(RawData(raw), split_cfg(small_class="drop"))
+    return RawData(raw), table, bad
+
+
+def test_cache_holds_every_good_image_and_reports_each_bad_one(tmp_path):
+    raw, table, bad = tree_with_bad_files(tmp_path, 3)
+    metrics = build_cache(table, raw, tmp_path / "cache", 16, "squash", workers=2, max_unreadable_fraction=0.2)
+    assert sorted(u["path"] for u in metrics["unreadable"]) == sorted(bad)
+    total = 0
+    for split in ("train", "val", "test"):
+        images, labels, index = load_split(tmp_path / "cache", split)
+        assert images.shape[1:] == (16, 16, 3) and images.dtype == np.uint8
+        assert isinstance(images, np.memmap)
+        assert len(images) == len(labels) == len(index) == metrics["images"][split]
+        assert not set(index["path"]) & set(bad)
+        total += len(images)
+    assert total + len(bad) == len(table)
+    assert load_classes(tmp_path / "cache") == ["a", "b"]
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [
+        "classes.json", "test.csv", "test.npy", "train.csv", "train.npy", "val.csv", "val.npy"]
+
+
+def test_cache_rows_match_the_source_images(tmp_path):
+    raw, table, _ = tree_with_bad_files(tmp_path, 1)
+    build_cache(table, raw, tmp_path / "cache", 12, "squash", workers=1, max_unreadable_fraction=0.5)
+    images, _, index = load_split(tmp_path / "cache", "train")
+    for row in (0, len(index) - 1):
+        expected = np.asarray(Image.open(raw.root / index["path"][row]).convert("RGB"))
+        assert np.array_equal(images[row], expected)  # 12 px in, 12 px out: no resampling
+
+
+def test_too_many_unreadable_fails_and_leaves_no_cache(tmp_path):
+    raw, table, _ = tree_with_bad_files(tmp_path, 3)
+    with pytest.raises(TlpipeError, match="3 of 43 images.*unreadable.*zero.png"):
+        build_cache(table, raw, tmp_path / "cache", 16, "squash", max_unreadable_fraction=0.01)
+    assert list(tmp_path.glob("*cache*")) == []
+
+
+def test_cache_is_byte_identical_across_runs_and_worker_counts(tmp_path):
+    raw, table, _ = tree_with_bad_files(tmp_path, 0)
+    build_cache(table, raw, tmp_path / "c1", 16, "pad", workers=1)
+    build_cache(table, raw, tmp_path / "c2", 16, "pad", workers=2)
+    for name in ("train.npy", "val.npy", "test.npy", "train.csv"):
+        assert (tmp_path / "c1" / name).read_bytes() == (tmp_path / "c2" / name).read_bytes()

@@ -1,0 +1,112 @@
+"""The download stage: bring the data named by `data.source` into the raw folder, as fetched."""
+
+import os
+import shutil
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from tlpipe.atomic import atomic_path
+from tlpipe.errors import TlpipeError
+from tlpipe.raw import is_archive
+
+CHUNK = 1 << 20
+
+
+def fetch(source: str, raw_dir: Path) -> None:
+    """Fill `raw_dir` (replaced whole, atomically) from `source`."""
+    kind, _, where = source.partition(":")
+    with atomic_path(raw_dir, directory=True) as tmp:
+        if kind == "sklearn":
+            write_sklearn_dataset(where, tmp)
+        elif kind == "kaggle":
+            from tlpipe.kaggle_source import download_kaggle_dataset
+
+            download_kaggle_dataset(where, tmp)
+        elif kind == "url":
+            download_url(where, tmp)
+        elif kind == "path":
+            copy_local(Path(where).expanduser(), tmp)
+        else:
+            raise TlpipeError(f"data.source: unknown kind '{kind}:'; use sklearn:, kaggle:, url: or path:.")
+
+
+def write_sklearn_dataset(name: str, dest: Path) -> None:
+    """scikit-learn's 8x8 digits (shipped with the package), as PNG files in class folders."""
+    if name != "digits":
+        raise TlpipeError(f"data.source: 'sklearn:{name}' is not available; the embedded data set is 'sklearn:digits'.")
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    root = dest / "digits"
+    for index, (image, label) in enumerate(zip(digits.images, digits.target)):
+        folder = root / str(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = np.round(image * (255 / 16)).astype(np.uint8)
+        Image.fromarray(pixels, mode="L").save(folder / f"{index:04d}.png")
+
+
+def _archive_name_from_url(url: str) -> str:
+    name = Path(urllib.parse.urlparse(url).path).name
+    if not is_archive(name):
+        raise TlpipeError(
+            f"data.source: url:{url} does not name a .zip or .tar(.gz/.bz2/.xz) archive; "
+            "point it at the archive file itself."
+        )
+    return name
+
+
+def download_url(url: str, dest: Path) -> Path:
+    if not url.startswith(("http://", "https://")):
+        raise TlpipeError(f"data.source: url:{url} must start with http:// or https://.")
+    target = dest / _archive_name_from_url(url)
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with open(target, "wb") as out, tqdm(total=total, unit="B", unit_scale=True, desc=target.name) as bar:
+                while chunk := response.read(CHUNK):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+        if total is not None and target.stat().st_size != total:
+            raise TlpipeError(
+                f"url:{url}: the download stopped after {target.stat().st_size} of {total} bytes. "
+                "Run `dvc repro` again."
+            )
+    except (urllib.error.URLError, OSError) as error:
+        raise TlpipeError(f"url:{url}: download failed ({error}). Check the address and your network.") from None
+    return target
+
+
+def _copy_with_progress(src: Path, dst: Path, bar: tqdm) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        while chunk := fin.read(CHUNK):
+            fout.write(chunk)
+            bar.update(len(chunk))
+    shutil.copystat(src, dst)
+
+
+def copy_local(src: Path, dest: Path) -> None:
+    """Copy a local archive or folder as it is (links followed: the split stage reports litter)."""
+    if not src.exists():
+        raise TlpipeError(f"data.source: path:{src} does not exist. Give an image folder or an archive.")
+    if src.is_file():
+        if not is_archive(src.name):
+            raise TlpipeError(f"data.source: path:{src} is a file but not a .zip or .tar archive.")
+        with tqdm(total=src.stat().st_size, unit="B", unit_scale=True, desc=src.name) as bar:
+            _copy_with_progress(src, dest / src.name, bar)
+        return
+    files = []
+    for dirpath, _, filenames in os.walk(src, followlinks=True):
+        files.extend((Path(dirpath) / name).relative_to(src) for name in filenames)
+    if not files:
+        raise TlpipeError(f"data.source: path:{src} holds no files. Point it at the folder of class folders.")
+    total = sum((src / f).stat().st_size for f in files)
+    with tqdm(total=total, unit="B", unit_scale=True, desc=src.name) as bar:
+        for rel in sorted(files):
+            _copy_with_progress(src / rel, dest / src.name / rel, bar)

@@ -1,0 +1,204 @@
+"""Load and validate params.yaml before a stage does any work.
+
+Every key must be known, of the right type and within range; a mistake stops the stage with
+a message that names the key, what is allowed, and the closest valid key for a typo.
+"""
+
+import difflib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tlpipe.errors import TlpipeError
+
+
+@dataclass(frozen=True)
+class Spec:
+    kind: type | tuple[type, ...]
+    choices: tuple | None = None
+    min: float | None = None
+    max: float | None = None
+    min_exclusive: bool = False
+    nullable: bool = False
+
+    def describe(self) -> str:
+        if self.choices:
+            text = "one of " + ", ".join(repr(c) for c in self.choices)
+        else:
+            kinds = self.kind if isinstance(self.kind, tuple) else (self.kind,)
+            text = " or ".join(k.__name__ for k in kinds)
+            if self.min is not None:
+                text += f" {'>' if self.min_exclusive else '>='} {self.min}"
+            if self.max is not None:
+                text += f" <= {self.max}"
+        return text + (" (or null)" if self.nullable else "")
+
+
+NUM = (int, float)
+FRACTION = Spec(NUM, min=0, max=1)
+POSITIVE_INT = Spec(int, min=1)
+NON_NEGATIVE_INT = Spec(int, min=0)
+POSITIVE = Spec(NUM, min=0, min_exclusive=True)
+NON_NEGATIVE = Spec(NUM, min=0)
+BOOL = Spec(bool)
+
+SCHEMA: dict[str, dict[str, Spec]] = {
+    "data": {
+        "source": Spec(str),
+        "max_archive_gb": POSITIVE,
+        "max_archive_entries": POSITIVE_INT,
+    },
+    "split": {
+        "seed": NON_NEGATIVE_INT,
+        "val_fraction": Spec(NUM, min=0, max=1, min_exclusive=True),
+        "test_fraction": FRACTION,
+        "group_regex": Spec(str, nullable=True),
+        "labels_csv": Spec(str, nullable=True),
+        "id_column": Spec(str, nullable=True),
+        "label_column": Spec(str, nullable=True),
+        "group_column": Spec(str, nullable=True),
+        "split_column": Spec(str, nullable=True),
+        "existing_val": Spec(str, choices=("keep", "train")),
+        "small_class": Spec(str, choices=("error", "drop")),
+        "cross_split_duplicates": Spec(str, choices=("report", "drop")),
+    },
+    "resize": {
+        "size": POSITIVE_INT,
+        "mode": Spec(str, choices=("squash", "center-crop", "pad")),
+        "workers": NON_NEGATIVE_INT,
+        "max_unreadable_fraction": FRACTION,
+    },
+    "backbone": {
+        "name": Spec(str),
+        "weights": Spec(str, choices=("default", "none")),
+    },
+    "features": {
+        "batch_size": POSITIVE_INT,
+        "flip_tta": BOOL,
+        "device": Spec(str, choices=("auto", "cpu", "cuda")),
+    },
+    "head": {
+        "kind": Spec(str, choices=("logreg", "mlp")),
+        "C": POSITIVE,
+        "class_weight": Spec(str, choices=("balanced", "none")),
+        "hidden": POSITIVE_INT,
+        "dropout": Spec(NUM, min=0, max=0.95),
+        "epochs": POSITIVE_INT,
+        "lr": POSITIVE,
+        "weight_decay": NON_NEGATIVE,
+        "batch_size": POSITIVE_INT,
+        "seed": NON_NEGATIVE_INT,
+    },
+    "finetune": {
+        "epochs": NON_NEGATIVE_INT,
+        "freeze_epochs": NON_NEGATIVE_INT,
+        "unfreeze": Spec((str, int), min=1),
+        "batch_size": POSITIVE_INT,
+        "lr": POSITIVE,
+        "layer_decay": Spec(NUM, min=0, max=1, min_exclusive=True),
+        "weight_decay": NON_NEGATIVE,
+        "label_smoothing": Spec(NUM, min=0, max=0.5),
+        "class_balance": Spec(str, choices=("none", "weights", "sampler")),
+        "bn_policy": Spec(str, choices=("train", "freeze")),
+        "head_init": Spec(str, choices=("head", "random")),
+        "aug_scale_min": Spec(NUM, min=0.05, max=1),
+        "aug_flip": BOOL,
+        "aug_rotation": Spec(NUM, min=0, max=180),
+        "aug_jitter": Spec(NUM, min=0, max=1),
+        "early_stop_metric": Spec(str, choices=("val_loss", "val_accuracy", "val_balanced_accuracy")),
+        "patience": NON_NEGATIVE_INT,
+        "device": Spec(str, choices=("auto", "cpu", "cuda")),
+        "amp": BOOL,
+        "channels_last": BOOL,
+        "deterministic": BOOL,
+        "seed": NON_NEGATIVE_INT,
+    },
+    "evaluate": {
+        "batch_size": POSITIVE_INT,
+        "flip_tta": BOOL,
+        "device": Spec(str, choices=("auto", "cpu", "cuda")),
+    },
+}
+
+
+def _closest(name: str, options) -> str:
+    match = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
+    return f" Did you mean '{match[0]}'?" if match else ""
+
+
+def _check_value(key: str, value: Any, spec: Spec) -> None:
+    if value is None:
+        if spec.nullable:
+            return
+        raise TlpipeError(f"params: '{key}' must be {spec.describe()}, got null.")
+    kinds = spec.kind if isinstance(spec.kind, tuple) else (spec.kind,)
+    # bool is an int in Python; a YAML `true` for a number (or 1 for a flag) is a mistake.
+    wrong_type = not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)
+    if wrong_type:
+        raise TlpipeError(
+            f"params: '{key}' must be {spec.describe()}, got {value!r} ({type(value).__name__})."
+        )
+    if spec.choices is not None and value not in spec.choices:
+        raise TlpipeError(f"params: '{key}' must be {spec.describe()}, got {value!r}.{_closest(str(value), spec.choices)}")
+    if isinstance(value, NUM) and not isinstance(value, bool):
+        too_low = spec.min is not None and (value <= spec.min if spec.min_exclusive else value < spec.min)
+        too_high = spec.max is not None and value > spec.max
+        if too_low or too_high:
+            raise TlpipeError(f"params: '{key}' must be {spec.describe()}, got {value!r}.")
+
+
+def _check_cross_field(params: dict) -> None:
+    split = params["split"]
+    if split["val_fraction"] + split["test_fraction"] >= 1:
+        raise TlpipeError(
+            "params: 'split.val_fraction' + 'split.test_fraction' must be < 1 (something must be "
+            f"left to train on), got {split['val_fraction']} + {split['test_fraction']}."
+        )
+    unfreeze = params["finetune"]["unfreeze"]
+    if isinstance(unfreeze, str) and unfreeze != "all":
+        raise TlpipeError(
+            f"params: 'finetune.unfreeze' must be 'all' or a number of last blocks (>= 1), got {unfreeze!r}."
+        )
+    source = params["data"]["source"]
+    if not source.startswith(("sklearn:", "kaggle:", "url:", "path:")):
+        raise TlpipeError(
+            f"params: 'data.source' must start with sklearn:, kaggle:, url: or path:, got {source!r}."
+        )
+
+
+def validate(params: Any, where: str = "params.yaml") -> dict:
+    """Return `params` if it matches SCHEMA exactly, else raise TlpipeError naming the key."""
+    if not isinstance(params, dict):
+        raise TlpipeError(f"{where}: expected a mapping of sections ({', '.join(SCHEMA)}).")
+    for section, values in params.items():
+        if section not in SCHEMA:
+            raise TlpipeError(f"{where}: unknown section '{section}'.{_closest(section, SCHEMA)}")
+        if not isinstance(values, dict):
+            raise TlpipeError(f"{where}: section '{section}' must be a mapping of keys.")
+        for key in values:
+            if key not in SCHEMA[section]:
+                raise TlpipeError(
+                    f"{where}: unknown key '{section}.{key}'.{_closest(key, SCHEMA[section])} "
+                    f"Valid keys: {', '.join(SCHEMA[section])}."
+                )
+    for section, specs in SCHEMA.items():
+        for key, spec in specs.items():
+            if key not in params.get(section, {}):
+                raise TlpipeError(f"{where}: missing key '{section}.{key}' ({spec.describe()}).")
+            _check_value(f"{section}.{key}", params[section][key], spec)
+    _check_cross_field(params)
+    return params
+
+
+def load(path: str | os.PathLike = "params.yaml") -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise TlpipeError(f"{path}: not found. Run from the project folder (where dvc.yaml is).")
+    try:
+        params = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise TlpipeError(f"{path}: not valid YAML: {error}") from None
+    return validate(params, str(path))

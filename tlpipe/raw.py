@@ -1,0 +1,198 @@
+"""Read the raw data as the download stage left it: folders and archives, never extracted.
+
+A path in the raw data is relative to the raw folder; a file inside an archive is addressed
+through it, e.g. `chest.zip/chest_xray/train/NORMAL/IM-0115-0001.jpeg`.
+"""
+
+import os
+import stat
+import tarfile
+import zipfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from tlpipe.errors import TlpipeError
+
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+LITTER_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
+
+
+def is_archive(name: str) -> bool:
+    return name.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+@dataclass(frozen=True)
+class Entry:
+    path: str  # relative to the raw folder, "/"-separated
+    size: int
+
+
+@dataclass(frozen=True)
+class Rejected:
+    path: str
+    reason: str
+
+
+def is_litter(path: str) -> bool:
+    """macOS/Windows debris and hidden files, never data."""
+    parts = PurePosixPath(path).parts
+    return any(p.startswith(".") or p == "__MACOSX" for p in parts) or parts[-1].lower() in LITTER_NAMES
+
+
+def _unsafe_member_reason(name: str) -> str | None:
+    posix = PurePosixPath(name.replace("\\", "/"))
+    if posix.is_absolute() or (len(name) > 1 and name[1] == ":"):
+        return "absolute path in archive"
+    if ".." in posix.parts:
+        return "'..' in archive path"
+    return None
+
+
+class _Limits:
+    def __init__(self, archive: str, max_bytes: float, max_entries: int):
+        self.archive, self.max_bytes, self.max_entries = archive, max_bytes, max_entries
+        self.bytes = self.entries = 0
+
+    def add(self, size: int) -> None:
+        self.bytes += size
+        self.entries += 1
+        if self.bytes > self.max_bytes or self.entries > self.max_entries:
+            raise TlpipeError(
+                f"{self.archive}: the archive unpacks to more than {self.max_entries} entries or "
+                f"{self.max_bytes / 1e9:g} GB (possible archive bomb). If it is genuine, raise "
+                "data.max_archive_entries / data.max_archive_gb in params.yaml."
+            )
+
+
+def _zip_entries(archive: Path, prefix: str, limits: _Limits, rejected: list[Rejected]) -> Iterator[Entry]:
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                if info.is_dir():
+                    continue
+                path = f"{prefix}/{info.filename}"
+                limits.add(info.file_size)
+                reason = _unsafe_member_reason(info.filename)
+                if reason is None and stat.S_ISLNK(info.external_attr >> 16):
+                    reason = "symbolic link in archive"
+                if reason:
+                    rejected.append(Rejected(path, reason))
+                else:
+                    yield Entry(path, info.file_size)
+    except zipfile.BadZipFile as error:
+        raise TlpipeError(f"{archive}: not a readable zip archive ({error}). Download it again.") from None
+
+
+def _tar_entries(archive: Path, prefix: str, limits: _Limits, rejected: list[Rejected]) -> Iterator[Entry]:
+    try:
+        with tarfile.open(archive) as tf:
+            for member in tf:
+                if member.isdir():
+                    continue
+                path = f"{prefix}/{member.name}"
+                limits.add(member.size)
+                reason = _unsafe_member_reason(member.name)
+                if reason is None and (member.issym() or member.islnk()):
+                    reason = "link in archive"
+                elif reason is None and not member.isfile():
+                    reason = "special file in archive"
+                if reason:
+                    rejected.append(Rejected(path, reason))
+                else:
+                    yield Entry(path, member.size)
+    except (tarfile.TarError, EOFError, OSError) as error:
+        raise TlpipeError(f"{archive}: not a readable tar archive ({error}). Download it again.") from None
+
+
+class RawData:
+    """The files of a raw folder, with archives seen as folders of their own."""
+
+    def __init__(self, root: str | os.PathLike, max_archive_gb: float = 50, max_archive_entries: int = 5_000_000):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise TlpipeError(f"{self.root}: raw data folder not found. Run `dvc repro download` first.")
+        self.max_bytes = max_archive_gb * 1e9
+        self.max_entries = max_archive_entries
+        self.rejected: list[Rejected] = []
+
+    def entries(self) -> list[Entry]:
+        """Every regular file, sorted by path; unsafe archive members go to `self.rejected`."""
+        found: list[Entry] = []
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames.sort()
+            for name in sorted(filenames):
+                full = Path(dirpath) / name
+                rel = full.relative_to(self.root).as_posix()
+                if full.is_symlink():
+                    self.rejected.append(Rejected(rel, "symbolic link"))
+                elif is_archive(name):
+                    limits = _Limits(rel, self.max_bytes, self.max_entries)
+                    reader = _zip_entries if name.lower().endswith(".zip") else _tar_entries
+                    found.extend(reader(full, rel, limits, self.rejected))
+                else:
+                    found.append(Entry(rel, full.stat().st_size))
+        return sorted(found, key=lambda e: e.path)
+
+    def is_archive_root(self, name: str) -> bool:
+        return is_archive(name) and (self.root / name).is_file()
+
+    def _split_archive(self, path: str) -> tuple[Path, str | None]:
+        parts = PurePosixPath(path).parts
+        for i in range(1, len(parts)):
+            head = self.root.joinpath(*parts[:i])
+            if head.is_file() and is_archive(parts[i - 1]):
+                return head, "/".join(parts[i:])
+        return self.root / path, None
+
+    def iter_bytes(self, paths: Iterable[str]) -> Iterator[tuple[str, bytes | Exception]]:
+        """Yield (path, content) for each path; an unreadable one yields (path, the error).
+
+        Paths inside one archive are read together, in archive order for tar files
+        (compressed tars cannot seek), so the order of the output may differ from the input.
+        """
+        by_archive: dict[Path, list[str]] = {}
+        for path in paths:
+            archive, member = self._split_archive(path)
+            if member is None:
+                yield path, _read_file(archive)
+            else:
+                by_archive.setdefault(archive, []).append(path)
+        for archive, members in by_archive.items():
+            prefix = archive.relative_to(self.root).as_posix() + "/"
+            if archive.name.lower().endswith(".zip"):
+                yield from _read_zip(archive, prefix, members)
+            else:
+                yield from _read_tar(archive, prefix, members)
+
+
+def _read_file(path: Path) -> bytes | Exception:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        return error
+
+
+def _read_zip(archive: Path, prefix: str, paths: list[str]) -> Iterator[tuple[str, bytes | Exception]]:
+    with zipfile.ZipFile(archive) as zf:
+        for path in paths:
+            try:
+                yield path, zf.read(path[len(prefix):])
+            except (KeyError, zipfile.BadZipFile, OSError, EOFError) as error:
+                yield path, error
+
+
+def _read_tar(archive: Path, prefix: str, paths: list[str]) -> Iterator[tuple[str, bytes | Exception]]:
+    wanted = {p[len(prefix):]: p for p in paths}
+    with tarfile.open(archive) as tf:
+        try:
+            for member in tf:
+                path = wanted.pop(member.name, None)
+                if path is not None:
+                    yield path, tf.extractfile(member).read()
+        except (tarfile.TarError, EOFError, OSError) as error:
+            for path in wanted.values():
+                yield path, error
+            wanted.clear()
+    for path in wanted.values():
+        yield path, FileNotFoundError(f"not in {archive.name}")

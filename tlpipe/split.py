@@ -1,0 +1,280 @@
+"""The split stage: list the images, label and group them, and assign train/val/test.
+
+Guarantees: identical inputs and seed give the same table; a group (patient, lesion) never
+spans two carved splits; a split the data set ships (train/ test/ folders or a split column)
+is kept; every file left out is listed with the reason.
+"""
+
+import hashlib
+import io
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+from tlpipe.errors import TlpipeError
+from tlpipe.raw import RawData, is_litter
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+SPLIT_ALIASES = {"train": "train", "training": "train", "test": "test", "testing": "test",
+                 "val": "val", "valid": "val", "validation": "val"}
+SPLITS = ("train", "val", "test")
+COLUMNS = ["path", "label", "split", "group"]
+
+
+@dataclass
+class SplitReport:
+    skipped: list[dict] = field(default_factory=list)
+    cross_split_duplicates: list[dict] = field(default_factory=list)
+    duplicates: list[dict] = field(default_factory=list)
+    labels_without_file: list[str] = field(default_factory=list)
+    ungrouped_files: int = 0
+
+    def skip(self, path: str, reason: str) -> None:
+        self.skipped.append({"path": path, "reason": reason})
+
+
+def _shipped_split(path: str) -> str | None:
+    """train/val/test from a folder name above the class folder, if the data set has one."""
+    for part in reversed(PurePosixPath(path).parts[:-2]):
+        if part.lower() in SPLIT_ALIASES:
+            return SPLIT_ALIASES[part.lower()]
+    return None
+
+
+def _read_labels_csv(raw: RawData, cfg: dict) -> pd.DataFrame:
+    csv_path = cfg["labels_csv"]
+    (_, content), = raw.iter_bytes([csv_path])
+    if isinstance(content, Exception):
+        raise TlpipeError(f"split.labels_csv: cannot read '{csv_path}' in the raw data ({content}). "
+                          "Give its path relative to data/raw, through the archive name if any.")
+    table = pd.read_csv(io.BytesIO(content), dtype=str, keep_default_na=False)
+    for key in ("id_column", "label_column", "group_column", "split_column"):
+        column = cfg[key]
+        if key in ("id_column", "label_column") and column is None:
+            raise TlpipeError(f"split.{key}: required when split.labels_csv is set.")
+        if column is not None and column not in table.columns:
+            raise TlpipeError(f"split.{key}: column '{column}' is not in {csv_path} "
+                              f"(columns: {', '.join(table.columns)}).")
+    if table[cfg["id_column"]].duplicated().any():
+        dup = table[cfg["id_column"]][table[cfg["id_column"]].duplicated()].iloc[0]
+        raise TlpipeError(f"{csv_path}: id '{dup}' appears twice in column '{cfg['id_column']}'.")
+    return table.set_index(cfg["id_column"])
+
+
+def list_images(raw: RawData, cfg: dict, report: SplitReport) -> pd.DataFrame:
+    """One row per image file: path, label, shipped split (or None), group."""
+    entries = raw.entries()
+    for rejected in raw.rejected:
+        report.skip(rejected.path, rejected.reason)
+    table = _read_labels_csv(raw, cfg) if cfg["labels_csv"] else None
+    group_regex = re.compile(cfg["group_regex"]) if cfg["group_regex"] else None
+    rows, seen_ids = [], set()
+    for entry in entries:
+        path = PurePosixPath(entry.path)
+        if entry.path == cfg["labels_csv"]:
+            continue
+        if is_litter(entry.path):
+            report.skip(entry.path, "hidden or system file")
+            continue
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            report.skip(entry.path, f"not an image file ('{path.suffix or path.name}')")
+            continue
+        shipped, group = _shipped_split(entry.path), None
+        if table is not None:
+            if path.stem not in table.index:
+                report.skip(entry.path, f"no label for id '{path.stem}' in {cfg['labels_csv']}")
+                continue
+            seen_ids.add(path.stem)
+            record = table.loc[path.stem]
+            label = record[cfg["label_column"]]
+            if cfg["group_column"]:
+                group = record[cfg["group_column"]] or None
+            if cfg["split_column"]:
+                value = record[cfg["split_column"]].lower()
+                if value not in SPLIT_ALIASES:
+                    raise TlpipeError(f"{cfg['labels_csv']}: split value '{value}' for '{path.stem}' "
+                                      "must be train, val or test.")
+                shipped = SPLIT_ALIASES[value]
+        else:
+            if len(path.parts) < 2 or (len(path.parts) == 2 and raw.is_archive_root(path.parts[0])):
+                report.skip(entry.path, "not inside a class folder")
+                continue
+            label = path.parent.name
+        if group is None and group_regex is not None:
+            match = group_regex.search(path.name)
+            if match:
+                group = match.group(1) if match.groups() else match.group(0)
+        if group is None:
+            report.ungrouped_files += group_regex is not None
+            group = entry.path
+        rows.append({"path": entry.path, "label": label, "shipped": shipped, "group": group})
+    if table is not None:
+        report.labels_without_file = sorted(set(table.index) - seen_ids)
+    return pd.DataFrame(rows, columns=["path", "label", "shipped", "group"])
+
+
+def _content_hashes(raw: RawData, paths: list[str], report: SplitReport) -> dict[str, str]:
+    hashes = {}
+    for path, content in raw.iter_bytes(paths):
+        if isinstance(content, Exception):
+            report.skip(path, f"unreadable: {content}")
+        else:
+            hashes[path] = hashlib.blake2b(content, digest_size=16).hexdigest()
+    return hashes
+
+
+def _union_groups(images: pd.DataFrame) -> pd.Series:
+    """Merge the groups of rows that share content, so that carving never separates copies."""
+    parent: dict[str, str] = {}
+
+    def root(group: str) -> str:
+        while parent.get(group, group) != group:
+            group = parent[group]
+        return group
+
+    for _, copies in images.groupby("hash", sort=False):
+        first = root(copies["group"].iloc[0])
+        for group in copies["group"].iloc[1:]:
+            other = root(group)
+            if other != first:
+                parent[other] = first
+    return images["group"].map(root)
+
+
+def handle_duplicates(images: pd.DataFrame, raw: RawData, cfg: dict, report: SplitReport) -> pd.DataFrame:
+    """Find identical image content and decide, per copy, to keep, group or drop it.
+
+    - the same file name twice in one split (a nested copy of the tree): one copy is kept;
+    - other copies in one split are kept, and put in one group so carving never separates them;
+    - copies across shipped splits are reported, or dropped from the side we learn from;
+    - copies with different labels cannot all be right: all are dropped.
+    """
+    hashes = _content_hashes(raw, images["path"].tolist(), report)
+    images = images[images["path"].isin(hashes)].copy()
+    images["hash"] = images["path"].map(hashes)
+    rank = images["shipped"].map({"test": 0, "val": 1, "train": 2}).fillna(3)
+    images = images.assign(_rank=rank, _depth=images["path"].str.count("/"))
+    images = images.sort_values(["hash", "_rank", "_depth", "path"])
+    keep = []
+    for _, copies in images.groupby("hash", sort=False):
+        if copies["label"].nunique() > 1:
+            labels = ", ".join(f"{p} ({l})" for p, l in zip(copies["path"], copies["label"]))
+            for path in copies["path"]:
+                report.skip(path, f"same image content with different labels: {labels}")
+            continue
+        first = copies.iloc[0]
+        kept_names = {(first["shipped"], PurePosixPath(first["path"]).name)}
+        keep.append(first.name)
+        for _, other in copies.iloc[1:].iterrows():
+            name_key = (other["shipped"], PurePosixPath(other["path"]).name)
+            if name_key in kept_names:
+                report.skip(other["path"], f"copy of {first['path']} (same name and content)")
+            elif other["shipped"] != first["shipped"] and cfg["cross_split_duplicates"] == "drop":
+                report.skip(other["path"], f"same image as {first['path']} ({first['shipped']} split)")
+            else:
+                keep.append(other.name)
+                kept_names.add(name_key)
+                entry = {"path": other["path"], "same_as": first["path"]}
+                if other["shipped"] != first["shipped"]:
+                    report.cross_split_duplicates.append(entry)
+                else:
+                    report.duplicates.append(entry)
+    images = images.loc[sorted(keep)].drop(columns=["_rank", "_depth"])
+    images["group"] = _union_groups(images)
+    return images
+
+
+def carve(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Mask of about `fraction` of the rows, stratified by label, never splitting a group."""
+    if fraction <= 0 or len(labels) == 0:
+        return np.zeros(len(labels), dtype=bool)
+    n_groups = len(np.unique(groups))
+    n_splits = min(max(2, round(1 / fraction)), n_groups)
+    if n_splits < 2:
+        raise TlpipeError("split: only one group of images; cannot carve a validation or test split.")
+    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        # Classes too small for every fold are handled (and reported) by the caller.
+        warnings.simplefilter("ignore", UserWarning)
+        _, held_out = next(folds.split(np.zeros(len(labels)), labels, groups))
+    mask = np.zeros(len(labels), dtype=bool)
+    mask[held_out] = True
+    return mask
+
+
+def assign_splits(images: pd.DataFrame, cfg: dict) -> pd.Series:
+    split = images["shipped"].copy()
+    if cfg["existing_val"] == "train":
+        split[split == "val"] = "train"
+    pool = split.isna() | (split == "train")
+    if not (split == "test").any() and cfg["test_fraction"] > 0:
+        mask = carve(images["label"][pool].to_numpy(), images["group"][pool].to_numpy(),
+                     cfg["test_fraction"], cfg["seed"])
+        split[pool[pool].index[mask]] = "test"
+        pool &= split != "test"
+        val_share = cfg["val_fraction"] / (1 - cfg["test_fraction"])
+    else:
+        val_share = cfg["val_fraction"]
+    if not (split == "val").any():
+        mask = carve(images["label"][pool].to_numpy(), images["group"][pool].to_numpy(),
+                     min(val_share, 0.5), cfg["seed"] + 1)
+        split[pool[pool].index[mask]] = "val"
+    split[split.isna()] = "train"
+    return split
+
+
+def _too_small_classes(table: pd.DataFrame) -> dict[str, dict[str, int]]:
+    present = [s for s in SPLITS if (table["split"] == s).any()]
+    counts = pd.crosstab(table["label"], table["split"]).reindex(columns=present, fill_value=0)
+    small = counts[(counts == 0).any(axis=1)]
+    return {label: {s: int(n) for s, n in row.items()} for label, row in small.iterrows()}
+
+
+def build_split(raw: RawData, cfg: dict) -> tuple[pd.DataFrame, SplitReport]:
+    report = SplitReport()
+    images = list_images(raw, cfg, report)
+    if images.empty:
+        raise TlpipeError(f"{raw.root}: no image files found ({len(report.skipped)} other files skipped). "
+                          "Expect class folders of images, e.g. data/cats/001.jpg.")
+    images = handle_duplicates(images, raw, cfg, report)
+    images["split"] = assign_splits(images, cfg)
+    table = images[COLUMNS]
+    small = _too_small_classes(table)
+    if small and cfg["small_class"] == "error":
+        detail = "; ".join(f"'{label}' {counts}" for label, counts in small.items())
+        raise TlpipeError(f"split: classes too small to appear in every split: {detail}. Add images, "
+                          "or set split.small_class: drop to leave them out (they are then reported).")
+    for label in small:
+        for path in table["path"][table["label"] == label]:
+            report.skip(path, f"class '{label}' too small to appear in every split")
+    table = table[~table["label"].isin(small)]
+    if table["label"].nunique() < 2:
+        raise TlpipeError(f"split: found {table['label'].nunique()} class(es) "
+                          f"({', '.join(sorted(table['label'].unique()))}); a classifier needs at least 2. "
+                          "Put each class's images in a folder named after the class.")
+    return table.sort_values("path").reset_index(drop=True), report
+
+
+def split_metrics(table: pd.DataFrame, report: SplitReport) -> dict:
+    counts = pd.crosstab(table["split"], table["label"])
+    return {
+        "total": {s: int((table["split"] == s).sum()) for s in SPLITS},
+        "classes": sorted(table["label"].unique().tolist()),
+        "counts": {s: {label: int(n) for label, n in counts.loc[s].items()} for s in SPLITS if s in counts.index},
+        "groups": {s: int(table["group"][table["split"] == s].nunique()) for s in SPLITS},
+        "ungrouped_files": report.ungrouped_files,
+        "skipped_count": len(report.skipped),
+        "skipped": sorted(report.skipped, key=lambda r: r["path"]),
+        "cross_split_duplicates": report.cross_split_duplicates,
+        "duplicates_kept": report.duplicates,
+        "labels_without_file": report.labels_without_file,
+    }
+
+
+def write_split_csv(table: pd.DataFrame, path) -> None:
+    table.to_csv(path, index=False, lineterminator="\n")
