@@ -1,0 +1,39 @@
+"""finetune: backbone + head end to end from data/cache/ -> models/model.pt + metrics + curves."""
+
+import torch
+
+from tlpipe import params
+from tlpipe.atomic import atomic_path, write_json
+from tlpipe.backbones import create_backbone
+from tlpipe.cache import load_classes, load_split
+from tlpipe.finetune import Split, build_model, fit, model_checkpoint
+from tlpipe.runtime import pick_device, seed_everything, tune_malloc
+from tlpipe.stage import run
+
+
+def main() -> None:
+    tune_malloc()
+    p = params.load()
+    cfg = p["finetune"]
+    seed_everything(cfg["seed"], cfg["deterministic"])
+    classes = load_classes("data/cache")
+    train_images, train_labels, _ = load_split("data/cache", "train")
+    val_images, val_labels, _ = load_split("data/cache", "val")
+    backbone = create_backbone(p["backbone"]["name"], p["backbone"]["weights"])
+    head_checkpoint = torch.load("models/head.pt", map_location="cpu", weights_only=True)
+    model = build_model(backbone, head_checkpoint, cfg["head_init"])
+    device = pick_device(cfg["device"])
+    result = fit(model, Split(train_images, train_labels), Split(val_images, val_labels), cfg,
+                 len(classes), device)
+    checkpoint = model_checkpoint(model.cpu(), p["backbone"]["name"], head_checkpoint, classes,
+                                  train_images.shape[1], cfg, result.best_epoch)
+    with atomic_path("models/model.pt") as tmp:
+        torch.save(checkpoint, tmp)
+    best = result.history[result.best_epoch] if result.history else {}
+    write_json("metrics/finetune.json", {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
+                                         **{k: v for k, v in best.items() if k != "step"}})
+    write_json("plots/finetune/curve.json", result.history)
+
+
+if __name__ == "__main__":
+    run(main)

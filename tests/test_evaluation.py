@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from tlpipe.evaluation import (classification_metrics, confusion_rows, expected_calibration_error,
+                               majority_baseline, roc_rows, tune_threshold)
+
+CLASSES = ["cat", "dog", "fox"]
+Y = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 2])
+PROBS = np.array([
+    [0.8, 0.1, 0.1], [0.6, 0.3, 0.1], [0.2, 0.7, 0.1],
+    [0.1, 0.8, 0.1], [0.3, 0.4, 0.3], [0.5, 0.3, 0.2],
+    [0.1, 0.1, 0.8], [0.2, 0.2, 0.6], [0.1, 0.6, 0.3], [0.3, 0.3, 0.4],
+])
+
+
+def test_multiclass_metrics_agree_with_scikit_learn():
+    m = classification_metrics(Y, PROBS, CLASSES)
+    predicted = PROBS.argmax(1)
+    assert m["accuracy"] == pytest.approx(0.7)
+    assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(Y, predicted))
+    assert m["f1_macro"] == pytest.approx(skm.f1_score(Y, predicted, average="macro"))
+    assert m["precision_macro"] == pytest.approx(skm.precision_score(Y, predicted, average="macro"))
+    assert m["cohen_kappa"] == pytest.approx(skm.cohen_kappa_score(Y, predicted), abs=1e-6)
+    assert m["quadratic_kappa"] == pytest.approx(skm.cohen_kappa_score(Y, predicted, weights="quadratic"), abs=1e-6)
+    assert m["roc_auc"] == pytest.approx(skm.roc_auc_score(Y, PROBS, multi_class="ovr"), abs=1e-6)
+    assert m["log_loss"] == pytest.approx(skm.log_loss(Y, PROBS), abs=1e-6)
+    assert m["per_class"]["fox"]["recall"] == pytest.approx(0.75)
+    assert m["per_class"]["dog"]["support"] == 3
+    assert "at_0.5" not in m
+
+
+def test_binary_sensitivity_specificity_and_val_threshold():
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    score = np.array([0.1, 0.2, 0.3, 0.35, 0.4, 0.7, 0.8, 0.9])
+    probs = np.stack([1 - score, score], axis=1)
+    threshold = tune_threshold(y, score)
+    assert threshold == pytest.approx(0.4)
+    m = classification_metrics(y, probs, ["NORMAL", "PNEUMONIA"], threshold)
+    assert m["at_0.5"]["sensitivity"] == pytest.approx(0.75)
+    assert m["at_0.5"]["specificity"] == pytest.approx(1.0)
+    assert m["at_val_threshold"]["sensitivity"] == pytest.approx(1.0)
+    assert m["at_val_threshold"]["specificity"] == pytest.approx(1.0)
+    assert m["roc_auc"] == pytest.approx(skm.roc_auc_score(y, score))
+
+
+def test_ece_is_zero_when_confidence_matches_accuracy():
+    probs = np.array([[0.75, 0.25]] * 4)
+    assert expected_calibration_error(np.array([0, 0, 0, 1]), probs) == pytest.approx(0.0)
+    assert expected_calibration_error(np.array([1, 1, 1, 1]), probs) == pytest.approx(0.75)
+
+
+def test_baseline_confusion_and_roc_rows():
+    assert majority_baseline(np.array([2, 2, 1]), Y, 3)["accuracy"] == pytest.approx(0.4)
+    assert confusion_rows(np.array([0, 2]), np.array([1, 2]), CLASSES) == [
+        {"actual": "cat", "predicted": "dog"}, {"actual": "fox", "predicted": "fox"}]
+    rows = roc_rows(Y, PROBS)
+    assert rows[0] == {"fpr": 0.0, "tpr": 0.0} and rows[-1] == {"fpr": 1.0, "tpr": 1.0}
+
+
+def test_undefined_auc_is_null_not_nan():
+    m = classification_metrics(np.array([0, 0]), np.array([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1]]), CLASSES)
+    assert m["roc_auc"] is None

@@ -1,0 +1,116 @@
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import default_params
+from tlpipe import finetune as ft
+from tlpipe.backbones import block_groups, create_backbone
+from tlpipe.errors import TlpipeError
+from tlpipe.heads import train_head
+
+
+def tiny_data(n: int, seed: int, size: int = 32) -> ft.Split:
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 2
+    images = rng.integers(0, 60, size=(n, size, size, 3), dtype=np.uint8)
+    images[labels == 1] += 150  # class 1: bright
+    return ft.Split(images, labels.astype(np.int64))
+
+
+def tiny_cfg(**overrides) -> dict:
+    cfg = default_params()["finetune"] | {"epochs": 2, "freeze_epochs": 0, "batch_size": 8, "device": "cpu",
+                                          "patience": 0, "lr": 0.003}
+    return cfg | overrides
+
+
+def tiny_model(head_init: str = "random", weights: str = "none"):
+    torch.manual_seed(0)
+    backbone = create_backbone("efficientnet_lite0", weights)
+    features = np.random.default_rng(0).normal(size=(8, backbone.num_features)).astype(np.float32)
+    labels = np.array([0, 1] * 4)
+    head_cfg = default_params()["head"]
+    head_checkpoint, _, _ = train_head(head_cfg, features, labels, features, labels, ["a", "b"])
+    return ft.build_model(backbone, head_checkpoint, head_init), head_checkpoint
+
+
+def test_best_checkpoint_is_kept_not_the_last(monkeypatch):
+    model, _ = tiny_model()
+    scripted = iter([0.9, 0.3, 0.8, 0.7])
+    snapshots = []
+
+    def scripted_evaluate(model, data, cfg, device):
+        snapshots.append(copy.deepcopy(model.state_dict()))
+        return {"val_loss": next(scripted), "val_accuracy": 0.5, "val_balanced_accuracy": 0.5}
+
+    monkeypatch.setattr(ft, "evaluate", scripted_evaluate)
+    result = ft.fit(model, tiny_data(16, 0), tiny_data(8, 1), tiny_cfg(epochs=4), 2, torch.device("cpu"), log=lambda _: None)
+    assert result.best_epoch == 1
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, snapshots[1][key]), key
+    assert any(not torch.equal(snapshots[1][k], snapshots[3][k]) for k in snapshots[1])
+
+
+def test_early_stopping_after_patience(monkeypatch):
+    model, _ = tiny_model()
+    scripted = iter([0.5, 0.6, 0.7, 0.8, 0.9])
+    monkeypatch.setattr(ft, "evaluate", lambda *a: {"val_loss": next(scripted), "val_accuracy": 0, "val_balanced_accuracy": 0})
+    result = ft.fit(model, tiny_data(16, 0), tiny_data(8, 1), tiny_cfg(epochs=5, patience=2), 2,
+                    torch.device("cpu"), log=lambda _: None)
+    assert len(result.history) == 3 and result.best_epoch == 0
+
+
+def test_nan_loss_stops_with_a_clear_message():
+    model, _ = tiny_model()
+    with torch.no_grad():
+        model.head.weight.fill_(float("nan"))
+    with pytest.raises(TlpipeError, match=r"loss became nan at epoch 0, batch 0.*Lower finetune.lr"):
+        ft.fit(model, tiny_data(16, 0), tiny_data(8, 1), tiny_cfg(), 2, torch.device("cpu"), log=lambda _: None)
+
+
+def test_frozen_epochs_leave_the_body_and_its_batchnorm_untouched():
+    model, _ = tiny_model()
+    before = copy.deepcopy(model.body.state_dict())
+    ft.fit(model, tiny_data(16, 0), tiny_data(8, 1), tiny_cfg(epochs=1, freeze_epochs=1, bn_policy="freeze"), 2,
+           torch.device("cpu"), log=lambda _: None)
+    for key, value in model.body.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_unfreeze_last_blocks_and_discriminative_rates():
+    model, _ = tiny_model()
+    blocks = block_groups(model.body)
+    assert len(blocks) >= 8
+    ft.set_trainable(model, epoch=1, cfg=tiny_cfg(freeze_epochs=1, unfreeze=2))
+    trainable = [any(p.requires_grad for p in b.parameters()) for b in blocks]
+    assert trainable == [False] * (len(blocks) - 2) + [True, True]
+    rates = [g["lr"] for g in ft.param_groups(model, 1.0, 0.5)]
+    assert rates[:3] == [1.0, 0.5, 0.25] and rates == sorted(rates, reverse=True)
+
+
+def test_head_init_from_train_head_weights():
+    model, head_checkpoint = tiny_model(head_init="head")
+    assert torch.equal(model.head.weight, head_checkpoint["state_dict"]["weight"])
+    random_model, _ = tiny_model(head_init="random")
+    assert not torch.equal(random_model.head.weight, head_checkpoint["state_dict"]["weight"])
+
+
+def test_training_learns_a_separable_task_and_model_file_reproduces_it(tmp_path):
+    model, head_checkpoint = tiny_model(weights="default")
+    train, val = tiny_data(64, 0), tiny_data(32, 1)
+    ft.fit(model, train, val, tiny_cfg(epochs=4, lr=0.01, aug_rotation=0, aug_jitter=0), 2, torch.device("cpu"),
+           log=lambda _: None)
+    logits = ft.predict_logits(model, val.images, 16, torch.device("cpu"))
+    assert (logits.argmax(1).numpy() == val.labels).mean() >= 0.8  # chance: 0.5
+    checkpoint = ft.model_checkpoint(model, "efficientnet_lite0", head_checkpoint, ["a", "b"], 32, tiny_cfg(), 3)
+    torch.save(checkpoint, tmp_path / "model.pt")
+    loaded, meta = ft.load_model(tmp_path / "model.pt")
+    assert meta["classes"] == ["a", "b"] and meta["input_size"] == 32
+    assert torch.allclose(ft.predict_logits(loaded, val.images, 16, torch.device("cpu")), logits, atol=1e-5)
+
+
+def test_model_file_that_is_not_ours_is_refused(tmp_path):
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(TlpipeError, match="not a tlpipe model file"):
+        ft.load_model(tmp_path / "other.pt")

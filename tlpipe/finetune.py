@@ -1,0 +1,219 @@
+"""The finetune stage: backbone + head trained end to end from the cached uint8 arrays.
+
+One readable loop: `train_one_epoch` and `evaluate` apart, every knob from `finetune.*`,
+no global state, and logging/saving only where `is_main` (the rank-0 process under torchrun).
+"""
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from sklearn.metrics import balanced_accuracy_score
+from torch import nn
+
+from tlpipe.augment import Augment
+from tlpipe.backbones import Backbone, Classifier, block_groups, create_backbone, make_head
+from tlpipe.errors import TlpipeError
+from tlpipe.heads import class_weights
+from tlpipe.runtime import autocast, batches, to_float_images
+
+MODEL_FORMAT = "tlpipe.model/1"
+HIGHER_IS_BETTER = {"val_loss": False, "val_accuracy": True, "val_balanced_accuracy": True}
+
+
+@dataclass
+class Split:
+    images: np.ndarray   # (N, H, W, 3) uint8, memory-mapped
+    labels: np.ndarray   # (N,) int64
+
+
+@dataclass
+class FitResult:
+    state_dict: dict
+    best_epoch: int
+    history: list[dict] = field(default_factory=list)
+
+
+def build_model(backbone: Backbone, head_checkpoint: dict, head_init: str) -> Classifier:
+    head = make_head(head_checkpoint["kind"], backbone.num_features, head_checkpoint["num_classes"],
+                     head_checkpoint["hidden"], head_checkpoint["dropout"])
+    if head_init == "head":
+        if head_checkpoint["in_features"] != backbone.num_features:
+            raise TlpipeError("finetune: models/head.pt was trained on features of another backbone; "
+                              "run `dvc repro` so that extract-features and train-head rerun.")
+        head.load_state_dict(head_checkpoint["state_dict"])
+    return Classifier(backbone.body, head, backbone.mean, backbone.std)
+
+
+def param_groups(model: Classifier, lr: float, layer_decay: float) -> list[dict]:
+    """Head at `lr`; each body block group further from the head gets `layer_decay` times less."""
+    groups = [{"params": list(model.head.parameters()), "lr": lr, "name": "head"}]
+    for depth, block in enumerate(reversed(block_groups(model.body)), start=1):
+        groups.append({"params": list(block.parameters()), "lr": lr * layer_decay**depth, "name": f"body-{depth}"})
+    return groups
+
+
+def trainable_blocks(model: Classifier, epoch: int, cfg: dict) -> list[nn.Module]:
+    blocks = block_groups(model.body)
+    if epoch < cfg["freeze_epochs"]:
+        return []
+    return blocks if cfg["unfreeze"] == "all" else blocks[-int(cfg["unfreeze"]):]
+
+
+def set_trainable(model: Classifier, epoch: int, cfg: dict) -> None:
+    """Freeze the body but the blocks this epoch trains; BatchNorm follows `bn_policy`."""
+    train_blocks = trainable_blocks(model, epoch, cfg)
+    model.body.requires_grad_(False)
+    for block in train_blocks:
+        block.requires_grad_(True)
+    model.train()
+    if cfg["bn_policy"] == "freeze":
+        trained = {id(m) for block in train_blocks for m in block.modules()}
+        for module in model.body.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and id(module) not in trained:
+                module.eval()
+
+
+def _sample_order(labels: np.ndarray, balanced: bool, generator: torch.Generator) -> torch.Tensor:
+    if not balanced:
+        return torch.randperm(len(labels), generator=generator)
+    counts = np.bincount(labels)
+    weights = torch.from_numpy(1.0 / counts[labels])
+    return torch.multinomial(weights, len(labels), replacement=True, generator=generator)
+
+
+def train_one_epoch(model: Classifier, data: Split, optimizer, scheduler, loss_fn, augment: Augment,
+                    cfg: dict, epoch: int, device: torch.device, generator: torch.Generator) -> dict:
+    set_trainable(model, epoch, cfg)
+    order = _sample_order(data.labels, cfg["class_balance"] == "sampler", generator).numpy()
+    total_loss, seen, start = 0.0, 0, time.perf_counter()
+    for step, part in enumerate(batches(len(order), cfg["batch_size"])):
+        idx = np.sort(order[part])  # sorted rows read the memory map sequentially
+        x = augment(to_float_images(data.images[idx], device, cfg["channels_last"]), generator)
+        y = torch.from_numpy(data.labels[idx]).to(device)
+        with autocast(device, cfg["amp"]):
+            loss = loss_fn(model(x).float(), y)
+        if not torch.isfinite(loss):
+            raise TlpipeError(f"finetune: the loss became {loss.item()} at epoch {epoch}, batch {step}. "
+                              f"Lower finetune.lr (now {cfg['lr']}) or check the input images.")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total_loss += loss.item() * len(idx)
+        seen += len(idx)
+    elapsed = time.perf_counter() - start
+    return {"train_loss": total_loss / max(seen, 1), "train_images_per_s": seen / max(elapsed, 1e-9)}
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, images: np.ndarray, batch_size: int, device: torch.device,
+                   channels_last: bool = True, flip_tta: bool = False, amp: bool = True) -> torch.Tensor:
+    model.eval()
+    outputs = []
+    for part in batches(len(images), batch_size):
+        x = to_float_images(images[part], device, channels_last)
+        with autocast(device, amp):
+            logits = model(x).float()
+            if flip_tta:
+                logits = torch.log((logits.softmax(1) + model(x.flip(3)).float().softmax(1)) / 2)
+        outputs.append(logits.cpu())
+    return torch.cat(outputs) if outputs else torch.zeros(0)
+
+
+def evaluate(model: Classifier, data: Split, cfg: dict, device: torch.device) -> dict:
+    logits = predict_logits(model, data.images, cfg["batch_size"] * 2, device, cfg["channels_last"], amp=cfg["amp"])
+    labels = torch.from_numpy(data.labels)
+    predicted = logits.argmax(1).numpy()
+    return {
+        "val_loss": nn.functional.cross_entropy(logits, labels).item(),
+        "val_accuracy": float((predicted == data.labels).mean()),
+        "val_balanced_accuracy": float(balanced_accuracy_score(data.labels, predicted)),
+    }
+
+
+def _is_better(metric: str, value: float, best: float | None) -> bool:
+    if best is None:
+        return True
+    return value > best if HIGHER_IS_BETTER[metric] else value < best
+
+
+def fit(model: Classifier, train: Split, val: Split, cfg: dict, num_classes: int, device: torch.device,
+        log: Callable[[str], None] = print) -> FitResult:
+    """Train for `cfg['epochs']`, keeping the weights of the best epoch on `early_stop_metric`."""
+    if len(train.labels) == 0 or len(val.labels) == 0:
+        raise TlpipeError("finetune: the train and val splits must both hold images.")
+    generator = torch.Generator().manual_seed(cfg["seed"])
+    model.to(device)
+    if cfg["channels_last"]:
+        model.to(memory_format=torch.channels_last)
+    weight = None
+    if cfg["class_balance"] == "weights":
+        weight = torch.tensor(class_weights(train.labels, num_classes), dtype=torch.float32, device=device)
+    loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg["label_smoothing"])
+    groups = param_groups(model, cfg["lr"], cfg["layer_decay"])
+    optimizer = torch.optim.AdamW(groups, weight_decay=cfg["weight_decay"])
+    steps_per_epoch = -(-len(train.labels) // cfg["batch_size"])
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=[g["lr"] for g in groups], total_steps=max(1, cfg["epochs"] * steps_per_epoch))
+    augment = Augment(cfg["aug_scale_min"], flip=cfg["aug_flip"], rotation=cfg["aug_rotation"], jitter=cfg["aug_jitter"])
+    metric = cfg["early_stop_metric"]
+    result = FitResult(copy.deepcopy(model.state_dict()), best_epoch=-1)
+    best, since_best = None, 0
+    for epoch in range(cfg["epochs"]):
+        row = {"step": epoch, "lr": optimizer.param_groups[0]["lr"]}
+        try:
+            row |= train_one_epoch(model, train, optimizer, scheduler, loss_fn, augment, cfg, epoch, device, generator)
+        except torch.cuda.OutOfMemoryError:
+            raise TlpipeError(f"finetune: out of GPU memory at batch size {cfg['batch_size']}; "
+                              f"try finetune.batch_size: {max(1, cfg['batch_size'] // 2)}.") from None
+        row |= evaluate(model, val, cfg, device)
+        result.history.append(row)
+        improved = _is_better(metric, row[metric], best)
+        log(f"epoch {epoch}: train_loss {row['train_loss']:.4f} val_loss {row['val_loss']:.4f} "
+            f"val_accuracy {row['val_accuracy']:.4f} ({row['train_images_per_s']:.0f} img/s)"
+            + (" *best" if improved else ""))
+        if improved:
+            best, since_best = row[metric], 0
+            result.state_dict, result.best_epoch = copy.deepcopy(model.state_dict()), epoch
+        else:
+            since_best += 1
+            if cfg["patience"] and since_best >= cfg["patience"]:
+                log(f"early stop: no better {metric} for {since_best} epochs; keeping epoch {result.best_epoch}")
+                break
+    model.load_state_dict(result.state_dict)
+    return result
+
+
+def model_checkpoint(model: Classifier, backbone_name: str, head_checkpoint: dict, classes: list[str],
+                     input_size: int, cfg: dict, best_epoch: int) -> dict:
+    """Everything inference needs, as plain tensors and values (loads with weights_only=True)."""
+    return {
+        "format": MODEL_FORMAT,
+        "backbone": backbone_name,
+        "head": {k: head_checkpoint[k] for k in ("kind", "hidden", "dropout", "num_classes")},
+        "classes": list(classes),
+        "input_size": int(input_size),
+        "mean": [float(v) for v in model.normalize.mean.flatten()],
+        "std": [float(v) for v in model.normalize.std.flatten()],
+        "params": dict(cfg),
+        "best_epoch": best_epoch,
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+    }
+
+
+def load_model(path) -> tuple[Classifier, dict]:
+    """Rebuild the classifier from models/model.pt alone."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != MODEL_FORMAT:
+        raise TlpipeError(f"{path}: not a tlpipe model file (expected format {MODEL_FORMAT}).")
+    backbone = create_backbone(checkpoint["backbone"], "none")
+    head = checkpoint["head"]
+    model = Classifier(backbone.body,
+                       make_head(head["kind"], backbone.num_features, head["num_classes"], head["hidden"], head["dropout"]),
+                       checkpoint["mean"], checkpoint["std"])
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval(), checkpoint

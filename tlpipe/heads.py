@@ -1,0 +1,118 @@
+"""The train-head stage: a classifier on frozen features, in seconds.
+
+`logreg` is scikit-learn's LogisticRegression on standardised features, folded back into one
+torch Linear layer so that finetune can start from it; `mlp` is a small torch network.
+Both are saved as the same self-describing dict.
+"""
+
+import copy
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, log_loss
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.class_weight import compute_class_weight
+from torch import nn
+
+from tlpipe.backbones import make_head
+from tlpipe.errors import TlpipeError
+
+
+def class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """'balanced' weights for the classes present; absent classes get weight 1."""
+    weights = np.ones(num_classes)
+    present = np.unique(labels)
+    weights[present] = compute_class_weight("balanced", classes=present, y=labels)
+    return weights
+
+
+def _fit_logreg(cfg: dict, x: np.ndarray, y: np.ndarray, num_classes: int) -> nn.Linear:
+    scaler = StandardScaler().fit(x)
+    model = LogisticRegression(C=cfg["C"], max_iter=3000,
+                               class_weight="balanced" if cfg["class_weight"] == "balanced" else None,
+                               random_state=cfg["seed"])
+    model.fit(scaler.transform(x), y)
+    coef, intercept = model.coef_, model.intercept_
+    if num_classes == 2 and coef.shape[0] == 1:
+        # scikit-learn keeps one row for two classes; softmax over [-z/2, z/2] equals sigmoid(z).
+        coef = np.vstack([-coef / 2, coef / 2])
+        intercept = np.array([-intercept[0] / 2, intercept[0] / 2])
+    scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
+    layer = nn.Linear(x.shape[1], num_classes)
+    with torch.no_grad():
+        weight = coef / scale
+        layer.weight.copy_(torch.from_numpy(weight).float())
+        layer.bias.copy_(torch.from_numpy(intercept - weight @ scaler.mean_).float())
+    return layer
+
+
+def _fit_mlp(cfg: dict, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+             num_classes: int) -> tuple[nn.Module, list[dict]]:
+    generator = torch.Generator().manual_seed(cfg["seed"])
+    torch.manual_seed(cfg["seed"])
+    head = make_head("mlp", x.shape[1], num_classes, cfg["hidden"], cfg["dropout"])
+    weight = torch.tensor(class_weights(y, num_classes), dtype=torch.float32) if cfg["class_weight"] == "balanced" else None
+    loss_fn = nn.CrossEntropyLoss(weight=weight)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    xt, yt = torch.from_numpy(x).float(), torch.from_numpy(y).long()
+    xv, yv = torch.from_numpy(x_val).float(), torch.from_numpy(y_val).long()
+    curve, best, best_loss = [], None, float("inf")
+    for epoch in range(cfg["epochs"]):
+        head.train()
+        order = torch.randperm(len(xt), generator=generator)
+        total = 0.0
+        for start in range(0, len(order), cfg["batch_size"]):
+            idx = order[start:start + cfg["batch_size"]]
+            loss = loss_fn(head(xt[idx]), yt[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(idx)
+        head.eval()
+        with torch.no_grad():
+            logits = head(xv)
+            val_loss = nn.functional.cross_entropy(logits, yv).item()
+            val_acc = (logits.argmax(1) == yv).float().mean().item()
+        curve.append({"step": epoch, "train_loss": total / len(xt), "val_loss": val_loss, "val_accuracy": val_acc})
+        if val_loss < best_loss:
+            best, best_loss = copy.deepcopy(head.state_dict()), val_loss
+    head.load_state_dict(best)
+    return head, curve
+
+
+def train_head(cfg: dict, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+               classes: list[str]) -> tuple[dict, dict, list[dict]]:
+    """Return (head checkpoint dict, metrics, per-epoch curve)."""
+    if len(np.unique(y)) < 2:
+        raise TlpipeError("train-head: the training split has fewer than 2 classes.")
+    num_classes = len(classes)
+    curve: list[dict] = []
+    if cfg["kind"] == "logreg":
+        head = _fit_logreg(cfg, x, y, num_classes)
+    else:
+        head, curve = _fit_mlp(cfg, x, y, x_val, y_val, num_classes)
+    checkpoint = {
+        "kind": cfg["kind"], "in_features": int(x.shape[1]), "num_classes": num_classes,
+        "hidden": cfg["hidden"], "dropout": cfg["dropout"], "classes": list(classes),
+        "state_dict": head.state_dict(),
+    }
+    metrics = {}
+    for split, (features, labels) in {"train": (x, y), "val": (x_val, y_val)}.items():
+        probs = predict_proba(head, features)
+        metrics[split] = {"accuracy": float(accuracy_score(labels, probs.argmax(1))),
+                          "log_loss": float(log_loss(labels, probs, labels=list(range(num_classes))))}
+    return checkpoint, metrics, curve
+
+
+def load_head(checkpoint: dict) -> nn.Module:
+    head = make_head(checkpoint["kind"], checkpoint["in_features"], checkpoint["num_classes"],
+                     checkpoint["hidden"], checkpoint["dropout"])
+    head.load_state_dict(checkpoint["state_dict"])
+    return head.eval()
+
+
+@torch.no_grad()
+def predict_proba(head: nn.Module, features: np.ndarray) -> np.ndarray:
+    head.eval()
+    return torch.softmax(head(torch.from_numpy(features).float()).double(), dim=1).numpy()

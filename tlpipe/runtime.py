@@ -1,0 +1,71 @@
+"""Devices, threads, memory allocator and batches: what every torch stage sets up the same way."""
+
+import ctypes
+import ctypes.util
+import os
+import random
+from collections.abc import Iterator
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+
+from tlpipe.errors import TlpipeError
+
+M_TRIM_THRESHOLD = -1
+M_MMAP_MAX = -4
+
+
+def tune_malloc() -> None:
+    """Keep freed activation buffers in the process instead of returning them to the OS.
+
+    With glibc's defaults every large tensor is mmap'd and unmapped per batch, and re-faulting
+    those pages costs as much as the convolutions at 224 px on a CPU.
+    """
+    libc_name = ctypes.util.find_library("c")
+    if not libc_name:
+        return
+    try:
+        libc = ctypes.CDLL(libc_name)
+        libc.mallopt(M_MMAP_MAX, 0)
+        libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
+
+def pick_device(setting: str) -> torch.device:
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise TlpipeError("device: 'cuda' was asked for but no CUDA GPU is visible; use auto or cpu.")
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(setting)
+
+
+def autocast(device: torch.device, enabled: bool = True):
+    """bf16 autocast on the GPU; full precision on the CPU (bf16 is slower on most CPUs)."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def to_float_images(batch: np.ndarray, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float32 (N, 3, H, W) in [0, 1] on `device`."""
+    # np.array copies out of the read-only memory map into memory torch may own.
+    tensor = torch.from_numpy(np.array(batch)).to(device, non_blocking=True)
+    tensor = tensor.permute(0, 3, 1, 2).float().div_(255)
+    return tensor.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def batches(n: int, batch_size: int) -> Iterator[slice]:
+    for start in range(0, n, batch_size):
+        yield slice(start, min(start + batch_size, n))
