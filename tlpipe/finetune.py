@@ -64,17 +64,22 @@ def trainable_blocks(model: Classifier, epoch: int, cfg: dict) -> list[nn.Module
 
 
 def set_trainable(model: Classifier, epoch: int, cfg: dict) -> None:
-    """Freeze the body but the blocks this epoch trains; BatchNorm follows `bn_policy`."""
+    """Freeze the body but the blocks this epoch trains, and set BatchNorm by `bn_policy`.
+
+    `freeze` keeps every BatchNorm layer on its stored statistics (its scale and shift still
+    learn once unfrozen): replacing ImageNet statistics by those of a few small batches changes
+    every feature the head was fitted on, and on small data sets fine-tuning then collapses.
+    `train` lets the BatchNorm layers of the trained blocks update their statistics.
+    """
     train_blocks = trainable_blocks(model, epoch, cfg)
     model.body.requires_grad_(False)
     for block in train_blocks:
         block.requires_grad_(True)
     model.train()
-    if cfg["bn_policy"] == "freeze":
-        trained = {id(m) for block in train_blocks for m in block.modules()}
-        for module in model.body.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm) and id(module) not in trained:
-                module.eval()
+    updating = {id(m) for block in train_blocks for m in block.modules()} if cfg["bn_policy"] == "train" else set()
+    for module in model.body.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and id(module) not in updating:
+            module.eval()
 
 
 def _sample_order(labels: np.ndarray, balanced: bool, generator: torch.Generator) -> torch.Tensor:
@@ -179,7 +184,7 @@ def fit(model: Classifier, train: Split, val: Split, cfg: dict, num_classes: int
         if improved:
             best, since_best = row[metric], 0
             result.state_dict, result.best_epoch = copy.deepcopy(model.state_dict()), epoch
-        else:
+        elif epoch >= cfg["freeze_epochs"]:  # the dip right after unfreezing is not a reason to stop
             since_best += 1
             if cfg["patience"] and since_best >= cfg["patience"]:
                 log(f"early stop: no better {metric} for {since_best} epochs; keeping epoch {result.best_epoch}")
