@@ -1,0 +1,142 @@
+import base64
+import io
+import json
+import logging
+import os
+import zipfile
+
+import pytest
+from kagglesdk import kaggle_env
+
+from conftest import png_bytes
+from kaggle_fake import FakeKaggle
+from tlpipe import kaggle_source
+from tlpipe.download import fetch
+from tlpipe.errors import TlpipeError
+from tlpipe.kaggle_source import download_kaggle_dataset
+
+USER = "tester"
+SECRET = "s3cr3t-f4ke-kaggle-key-0123456789abcdef"
+SECRETS = (SECRET, base64.b64encode(f"{USER}:{SECRET}".encode()).decode())
+
+
+def small_zip() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for i in range(40):
+            zf.writestr(f"chest_xray/{'NORMAL' if i % 2 else 'PNEUMONIA'}/{i:03d}.png", png_bytes(i, size=(32, 32)))
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """An empty home: no kaggle.json, no KAGGLE_* variables, so the user's own config is never read."""
+    home = tmp_path / "home"
+    home.mkdir()
+    for name in list(os.environ):
+        if name.startswith("KAGGLE_") or name.lower().endswith("_proxy"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    monkeypatch.setattr(kaggle_source, "RETRIES", 0)
+    return home
+
+
+@pytest.fixture
+def with_key(home):
+    (home / ".kaggle").mkdir()
+    config = home / ".kaggle" / "kaggle.json"
+    config.write_text(json.dumps({"username": USER, "key": SECRET}))
+    config.chmod(0o600)
+    return config
+
+
+@pytest.fixture
+def kaggle(home, monkeypatch):
+    """The real client's api.kaggle.com pointed at a fake on a free loopback port.
+
+    The client ignores KAGGLE_API_ENVIRONMENT=TEST (localhost:7777): KaggleApi always names its environment.
+    """
+    with FakeKaggle(small_zip()) as fake:
+        monkeypatch.setitem(kaggle_env._env_to_endpoint, kaggle_env.KaggleEnv.PROD, fake.url)
+        yield fake
+
+
+def error_from(call, capfd, caplog) -> TlpipeError:
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(TlpipeError) as info:
+        call()
+    error = info.value
+    assert error.__cause__ is None and error.__context__ is None
+    out, err = capfd.readouterr()
+    for text in (str(error), repr(error), out, err, caplog.text):
+        assert not any(secret in text for secret in SECRETS)
+    return error
+
+
+def test_archive_is_kept_as_a_zip(tmp_path, kaggle, with_key, capfd, caplog):
+    caplog.set_level(logging.DEBUG)
+    archive = download_kaggle_dataset("paultimothymooney/chest-xray-pneumonia", tmp_path / "dest")
+    assert archive == tmp_path / "dest" / "chest-xray-pneumonia.zip"
+    assert list((tmp_path / "dest").iterdir()) == [archive]
+    assert archive.read_bytes() == kaggle.archive
+    with zipfile.ZipFile(archive) as zf:
+        assert zf.testzip() is None and len(zf.namelist()) == 40
+    first = kaggle.requests[0]
+    assert first["path"] == "/v1/datasets.DatasetApiService/DownloadDataset"
+    assert first["body"] == {"ownerSlug": "paultimothymooney", "datasetSlug": "chest-xray-pneumonia"}
+    assert first["authorization"] == f"Basic {SECRETS[1]}"
+    out, err = capfd.readouterr()
+    assert not any(secret in text for secret in SECRETS for text in (out, err, caplog.text))
+
+
+def test_credentials_from_environment_and_competitions(tmp_path, kaggle, home, monkeypatch):
+    monkeypatch.setenv("KAGGLE_USERNAME", USER)
+    monkeypatch.setenv("KAGGLE_KEY", SECRET)
+    archive = download_kaggle_dataset("c/titanic", tmp_path / "dest")
+    assert archive.name == "titanic.zip" and archive.read_bytes() == kaggle.archive
+    assert kaggle.requests[0]["path"] == "/v1/competitions.CompetitionApiService/DownloadDataFiles"
+    assert kaggle.requests[0]["body"] == {"competitionName": "titanic"}
+
+
+def test_no_credentials(tmp_path, kaggle, capfd, caplog):
+    error = error_from(lambda: download_kaggle_dataset("owner/name", tmp_path / "dest"), capfd, caplog)
+    for part in ("no Kaggle credentials", ".kaggle/kaggle.json", "KAGGLE_CONFIG_DIR", "KAGGLE_USERNAME",
+                 "KAGGLE_KEY", "path:"):
+        assert part in str(error)
+    assert kaggle.requests == []
+
+
+@pytest.mark.parametrize("mode, message", [
+    (401, "rejected the credentials (HTTP 401)"),
+    (403, "Open https://www.kaggle.com/datasets/owner/name while logged in, accept the rules"),
+    (404, "Kaggle has no data set owner/name (HTTP 404)"),
+    ("drop", "broke off"),
+])
+def test_refusals_and_broken_downloads_leave_nothing(tmp_path, kaggle, with_key, capfd, caplog, mode, message):
+    kaggle.mode = mode
+    error = error_from(lambda: download_kaggle_dataset("owner/name", tmp_path / "dest"), capfd, caplog)
+    assert message in str(error)
+    assert list((tmp_path / "dest").iterdir()) == []
+
+
+def test_dropped_connection_says_run_again(tmp_path, kaggle, with_key, capfd, caplog):
+    kaggle.mode = "drop"
+    error = error_from(lambda: download_kaggle_dataset("owner/name", tmp_path / "dest"), capfd, caplog)
+    assert "run `dvc repro` again" in str(error)
+    assert [r["path"] for r in kaggle.requests] == ["/v1/datasets.DatasetApiService/DownloadDataset",
+                                                    "/files/archive.zip"]
+
+
+@pytest.mark.parametrize("name", ["chest-xray-pneumonia", "", "owner/", "a/b/c/d", "owner/name/v2", "c/comp/3",
+                                  "https://www.kaggle.com/datasets/owner/name"])
+def test_malformed_names(tmp_path, kaggle, with_key, name):
+    with pytest.raises(TlpipeError, match="Use kaggle:OWNER/NAME"):
+        download_kaggle_dataset(name, tmp_path / "dest")
+    assert kaggle.requests == []
+
+
+def test_failed_fetch_leaves_no_raw_folder(tmp_path, kaggle, with_key, capfd, caplog):
+    kaggle.mode = 403
+    error_from(lambda: fetch("kaggle:owner/name", tmp_path / "raw"), capfd, caplog)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home"]

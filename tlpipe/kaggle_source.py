@@ -1,0 +1,253 @@
+"""`data.source: kaggle:OWNER/NAME`: fetch a data set's archive with the official `kaggle` client, kept as a zip.
+
+The client is imported lazily: importing `kaggle` already tries to authenticate. Its output is captured (it
+prints help and warnings to stdout) and every message passed on is scrubbed of the credentials. Errors are
+raised outside any `except` block, so no chained exception (whose request carries the Authorization header)
+rides along.
+"""
+
+import contextlib
+import glob
+import inspect
+import io
+import os
+import re
+import sys
+import zipfile
+from pathlib import Path
+from typing import NamedTuple
+
+from tlpipe.errors import TlpipeError
+
+TIMEOUT = (30, 120)
+RETRIES = 3
+
+_SLUG = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+_NAME = re.compile(rf"(?P<owner>{_SLUG})/(?P<slug>{_SLUG})(?:/(?P<version>[0-9]+))?")
+_CREDENTIALS_HELP = (
+    "Create an API token at https://www.kaggle.com/settings/api and save the downloaded kaggle.json as "
+    "~/.kaggle/kaggle.json (chmod 600), or in the folder named by KAGGLE_CONFIG_DIR; or set the environment "
+    "variables KAGGLE_USERNAME and KAGGLE_KEY, or KAGGLE_API_TOKEN for an access token. If you already have "
+    "the files on disk, set data.source to path:/folder/or/archive.zip instead."
+)
+
+
+class _Target(NamedTuple):
+    source: str
+    slug: str
+    owner: str | None = None
+    version: int | None = None
+
+    @property
+    def is_competition(self) -> bool:
+        return self.owner is None
+
+    @property
+    def page(self) -> str:
+        if self.is_competition:
+            return f"https://www.kaggle.com/competitions/{self.slug}/rules"
+        return f"https://www.kaggle.com/datasets/{self.owner}/{self.slug}"
+
+    @property
+    def label(self) -> str:
+        return f"competition {self.slug}" if self.is_competition else f"data set {self.owner}/{self.slug}"
+
+
+def _parse(where: str) -> _Target:
+    match = _NAME.fullmatch(where)
+    if match is None or (match["owner"] == "c" and match["version"]):
+        raise TlpipeError(
+            f"data.source: 'kaggle:{where}' is not a Kaggle data set name. Use kaggle:OWNER/NAME, the last two "
+            "parts of https://www.kaggle.com/datasets/OWNER/NAME (e.g. kaggle:paultimothymooney/chest-xray-pneumonia), "
+            "or kaggle:c/COMPETITION for a competition's files."
+        )
+    if match["owner"] == "c":
+        return _Target(f"kaggle:{where}", match["slug"])
+    return _Target(f"kaggle:{where}", match["slug"], match["owner"], int(match["version"]) if match["version"] else None)
+
+
+def _config_dir() -> Path:
+    """Where the client looks for kaggle.json, worked out now (the client does it once, at import)."""
+    if os.environ.get("KAGGLE_CONFIG_DIR"):
+        return Path(os.environ["KAGGLE_CONFIG_DIR"])
+    legacy = Path(os.path.expanduser("~")) / ".kaggle"
+    if sys.platform.startswith("linux") and not legacy.exists():
+        return Path(os.environ.get("XDG_CONFIG_HOME") or Path(os.path.expanduser("~")) / ".config") / "kaggle"
+    return legacy
+
+
+class _Scrubber:
+    def __init__(self, secrets=()):
+        self.secrets = sorted({s for s in secrets if isinstance(s, str) and len(s) >= 4}, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def relay_warnings(self, captured: str) -> None:
+        for line in captured.splitlines():
+            if line.startswith("Warning"):
+                print(self(line), file=sys.stderr)
+
+
+def _env_secrets() -> list[str]:
+    return [os.environ.get(name, "") for name in ("KAGGLE_KEY", "KAGGLE_API_TOKEN", "KAGGLE_TOKEN")]
+
+
+def _authenticated_api(target: _Target):
+    scrub = _Scrubber(_env_secrets())
+    problem = None
+    captured = io.StringIO()
+    with contextlib.redirect_stdout(captured):
+        try:
+            import requests
+            from kaggle.api.kaggle_api_extended import KaggleApi
+        except Exception as error:
+            problem = (
+                f"the kaggle client could not be loaded ({scrub(f'{type(error).__name__}: {error}')}). "
+                "Install it with `pip install kaggle`."
+            )
+        else:
+            api = KaggleApi()
+            api.config_dir = str(_config_dir())
+            api.config = os.path.join(api.config_dir, "kaggle.json")
+            api.args = [arg for arg in api.args if arg not in ("--verbose", "-v")]
+            try:
+                api.authenticate()
+            except requests.HTTPError as error:
+                problem = _describe_http_error(error, None, scrub)
+            except requests.RequestException as error:
+                problem = (
+                    f"could not reach Kaggle to check the credentials ({scrub(str(error))}). "
+                    "Check your network, then run `dvc repro` again."
+                )
+            except (SystemExit, OSError):
+                problem = (
+                    f"no Kaggle credentials found (looked for {_config_dir() / 'kaggle.json'} and the environment). "
+                    + _CREDENTIALS_HELP
+                )
+    if problem is None:
+        scrub = _Scrubber(_env_secrets() + [api.config_values.get(name) for name in ("key", "token")])
+    scrub.relay_warnings(captured.getvalue())
+    if problem is not None:
+        raise TlpipeError(f"data.source {target.source}: {problem}")
+    return api, scrub
+
+
+def _describe_http_error(error, target: _Target | None, scrub: _Scrubber) -> str:
+    response = getattr(error, "response", None)
+    status = getattr(response, "status_code", None)
+    what = target.label if target else "Kaggle"
+    if status == 401:
+        return (
+            f"Kaggle rejected the credentials (HTTP 401) while fetching {what}: the key in "
+            f"{_config_dir() / 'kaggle.json'} (or in KAGGLE_USERNAME/KAGGLE_KEY or KAGGLE_API_TOKEN) is wrong or "
+            "expired. Create a new token at https://www.kaggle.com/settings/api and put it there."
+        )
+    if status == 403 and target is not None:
+        return (
+            f"Kaggle refused access to {what} (HTTP 403): its rules have not been accepted with this account "
+            "(or it is private). "
+            f"Open {target.page} while logged in, accept the rules, then run `dvc repro` again."
+        )
+    if status == 404 and target is not None:
+        return (
+            f"Kaggle has no {what} (HTTP 404), or it is private to another account. Check data.source "
+            f"({target.source}): the address {target.page} should open in a browser."
+        )
+    return (
+        f"Kaggle answered HTTP {status} for {what} ({scrub(str(error))}). "
+        "Run `dvc repro` again later."
+    )
+
+
+def _download_kwargs(api) -> dict:
+    accepted = inspect.signature(api.download_file).parameters
+    wanted = {"quiet": True, "resume": False, "max_retries": RETRIES, "timeout": TIMEOUT[1]}
+    return {name: value for name, value in wanted.items() if name in accepted}
+
+
+def _with_timeouts(client) -> None:
+    """The client sends its first request without a timeout; give its session one."""
+    import requests
+
+    session = getattr(client.http_client(), "_session", None)
+    if session is None:
+        return
+
+    class TimeoutAdapter(requests.adapters.HTTPAdapter):
+        def send(self, request, **kwargs):
+            if kwargs.get("timeout") is None:
+                kwargs["timeout"] = TIMEOUT
+            return super().send(request, **kwargs)
+
+    adapter = TimeoutAdapter()
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+
+
+def _fetch_archive(api, target: _Target, part: Path, scrub: _Scrubber) -> str | None:
+    """Download into `part`; return a description of what went wrong, or None."""
+    import requests
+    import urllib3
+
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(captured), api.build_kaggle_client() as client:
+            _with_timeouts(client)
+            if target.is_competition:
+                from kagglesdk.competitions.types.competition_api_service import ApiDownloadDataFilesRequest
+
+                request = ApiDownloadDataFilesRequest()
+                request.competition_name = target.slug
+                response = client.competitions.competition_api_client.download_data_files(request)
+            else:
+                from kagglesdk.datasets.types.dataset_api_service import ApiDownloadDatasetRequest
+
+                request = ApiDownloadDatasetRequest()
+                request.owner_slug = target.owner
+                request.dataset_slug = target.slug
+                request.dataset_version_number = target.version
+                response = client.datasets.dataset_api_client.download_dataset(request)
+            api.download_file(response, str(part), client.http_client(), **_download_kwargs(api))
+    except requests.HTTPError as error:
+        return _describe_http_error(error, target, scrub)
+    except (requests.RequestException, urllib3.exceptions.HTTPError, ValueError) as error:
+        return (
+            f"the download of {target.label} broke off ({scrub(f'{type(error).__name__}: {error}')}). "
+            "Nothing was kept; check your network and run `dvc repro` again."
+        )
+    except OSError as error:
+        return f"could not write the archive of {target.label} to {part.parent} ({scrub(str(error))})."
+    finally:
+        scrub.relay_warnings(captured.getvalue())
+    if not zipfile.is_zipfile(part):
+        return (
+            f"what Kaggle sent for {target.label} is not a complete zip archive. "
+            "Nothing was kept; run `dvc repro` again."
+        )
+    return None
+
+
+def download_kaggle_dataset(dataset: str, dest_dir: Path) -> Path:
+    """Download the archive of Kaggle data set `dataset` (OWNER/NAME, or c/COMPETITION) into `dest_dir`, as a zip."""
+    target = _parse(dataset)
+    api, scrub = _authenticated_api(target)
+    dest_dir = Path(dest_dir)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    archive = dest_dir / f"{target.slug}.zip"
+    part = dest_dir / f"{archive.name}.part"
+    print(f"Downloading Kaggle {target.label} ...", file=sys.stderr)
+    problem = "interrupted"
+    try:
+        problem = _fetch_archive(api, target, part, scrub)
+        if problem is None:
+            os.replace(part, archive)
+    finally:
+        if problem is not None:
+            for leftover in dest_dir.glob(glob.escape(part.name) + "*"):
+                leftover.unlink(missing_ok=True)
+    if problem is not None:
+        raise TlpipeError(f"data.source {target.source}: {problem}")
+    return archive
