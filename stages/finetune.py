@@ -1,11 +1,12 @@
 """finetune: backbone + head end to end from data/cache/ -> models/model.pt + metrics + curves."""
 
+import numpy as np
 import torch
 
 from tlpipe import params
 from tlpipe.atomic import atomic_path, write_json
 from tlpipe.backbones import create_backbone
-from tlpipe.cache import load_classes, load_split
+from tlpipe.cache import load_classes, load_preprocess, load_split
 from tlpipe.finetune import Split, build_model, fit, model_checkpoint
 from tlpipe.runtime import pick_device, seed_everything, tune_malloc
 from tlpipe.stage import run
@@ -20,13 +21,13 @@ def main() -> None:
     train_images, train_labels, _ = load_split("data/cache", "train")
     val_images, val_labels, _ = load_split("data/cache", "val")
     backbone = create_backbone(p["backbone"]["name"], p["backbone"]["weights"])
-    head_checkpoint = torch.load("models/head.pt", map_location="cpu", weights_only=True)
-    model = build_model(backbone, head_checkpoint, cfg["head_init"])
+    probe = Split(np.load("data/features/train.npy"), np.load("data/features/train_labels.npy"))
+    model = build_model(backbone, len(classes), cfg, probe)
     device = pick_device(cfg["device"])
     result = fit(model, Split(train_images, train_labels), Split(val_images, val_labels), cfg,
                  len(classes), device)
-    checkpoint = model_checkpoint(model.cpu(), p["backbone"]["name"], head_checkpoint, classes,
-                                  train_images.shape[1], cfg, result.best_epoch)
+    checkpoint = model_checkpoint(model.cpu(), p["backbone"]["name"], classes, load_preprocess("data/cache"),
+                                  cfg, result.best_epoch)
     with atomic_path("models/model.pt") as tmp:
         torch.save(checkpoint, tmp)
     best = result.history[result.best_epoch] if result.history else {}

@@ -17,7 +17,7 @@ def main() -> None:
     table = pd.read_csv("data/split.csv", dtype=str, keep_default_na=False)
     raw = RawData("data/raw", p["data"]["max_archive_gb"], p["data"]["max_archive_entries"])
     metrics = build_cache(table, raw, Path("data/cache"), cfg["size"], cfg["mode"], cfg["workers"],
-                          cfg["max_unreadable_fraction"])
+                          cfg["max_unreadable_fraction"], cfg["contrast"])
     write_json("metrics/resize.json", metrics)
     print(f"resize: {metrics['images']} cached, {metrics['unreadable_count']} unreadable")
 

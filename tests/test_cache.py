@@ -47,7 +47,7 @@ def test_cache_holds_every_good_image_and_reports_each_bad_one(tmp_path):
     assert total + len(bad) == len(table)
     assert load_classes(tmp_path / "cache") == ["a", "b"]
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [
-        "classes.json", "test.csv", "test.npy", "train.csv", "train.npy", "val.csv", "val.npy"]
+        "classes.json", "preprocess.json", "test.csv", "test.npy", "train.csv", "train.npy", "val.csv", "val.npy"]
 
 
 def test_cache_rows_match_the_source_images(tmp_path):

@@ -8,7 +8,7 @@ from conftest import default_params
 from tlpipe import finetune as ft
 from tlpipe.backbones import block_groups, create_backbone
 from tlpipe.errors import TlpipeError
-from tlpipe.heads import train_head
+from tlpipe.heads import fit_logreg
 
 
 def tiny_data(n: int, seed: int, size: int = 32) -> ft.Split:
@@ -29,10 +29,8 @@ def tiny_model(head_init: str = "random", weights: str = "none"):
     torch.manual_seed(0)
     backbone = create_backbone("efficientnet_lite0", weights)
     features = np.random.default_rng(0).normal(size=(8, backbone.num_features)).astype(np.float32)
-    labels = np.array([0, 1] * 4)
-    head_cfg = default_params()["head"]
-    head_checkpoint, _, _ = train_head(head_cfg, features, labels, features, labels, ["a", "b"])
-    return ft.build_model(backbone, head_checkpoint, head_init), head_checkpoint
+    probe = ft.Split(features, np.array([0, 1] * 4))
+    return ft.build_model(backbone, 2, tiny_cfg(head_init=head_init), probe), probe
 
 
 def test_best_checkpoint_is_kept_not_the_last(monkeypatch):
@@ -89,24 +87,36 @@ def test_unfreeze_last_blocks_and_discriminative_rates():
     assert rates[:3] == [1.0, 0.5, 0.25] and rates == sorted(rates, reverse=True)
 
 
-def test_head_init_from_train_head_weights():
-    model, head_checkpoint = tiny_model(head_init="head")
-    assert torch.equal(model.head.weight, head_checkpoint["state_dict"]["weight"])
+def test_probe_head_init_is_the_logistic_regression_on_the_features():
+    model, probe = tiny_model(head_init="probe")
+    cfg = tiny_cfg()
+    expected = fit_logreg(probe.images, probe.labels, 2, cfg["probe_C"], True, cfg["seed"])
+    assert torch.equal(model.head.weight, expected.weight)
+    assert (model.head(torch.from_numpy(probe.images)).argmax(1).numpy() == probe.labels).all()
     random_model, _ = tiny_model(head_init="random")
-    assert not torch.equal(random_model.head.weight, head_checkpoint["state_dict"]["weight"])
+    assert not torch.equal(random_model.head.weight, expected.weight)
+
+
+def test_probe_on_features_of_another_backbone_is_refused():
+    backbone = create_backbone("efficientnet_lite0", "none")
+    wrong = ft.Split(np.zeros((4, 7), np.float32), np.array([0, 1, 0, 1]))
+    with pytest.raises(TlpipeError, match="run `dvc repro` so that extract-features reruns"):
+        ft.build_model(backbone, 2, tiny_cfg(head_init="probe"), wrong)
 
 
 def test_training_learns_a_separable_task_and_model_file_reproduces_it(tmp_path):
-    model, head_checkpoint = tiny_model(weights="default")
+    model, _ = tiny_model(weights="default")
     train, val = tiny_data(64, 0), tiny_data(32, 1)
-    ft.fit(model, train, val, tiny_cfg(epochs=4, lr=0.01, aug_rotation=0, aug_jitter=0), 2, torch.device("cpu"),
+    ft.fit(model, train, val, tiny_cfg(epochs=4, aug_rotation=0, aug_jitter=0, early_stop_metric="val_accuracy"),
+           2, torch.device("cpu"),
            log=lambda _: None)
     logits = ft.predict_logits(model, val.images, 16, torch.device("cpu"))
     assert (logits.argmax(1).numpy() == val.labels).mean() >= 0.8  # chance: 0.5
-    checkpoint = ft.model_checkpoint(model, "efficientnet_lite0", head_checkpoint, ["a", "b"], 32, tiny_cfg(), 3)
+    preprocess = {"size": 32, "mode": "squash", "contrast": "none"}
+    checkpoint = ft.model_checkpoint(model, "efficientnet_lite0", ["a", "b"], preprocess, tiny_cfg(), 3)
     torch.save(checkpoint, tmp_path / "model.pt")
     loaded, meta = ft.load_model(tmp_path / "model.pt")
-    assert meta["classes"] == ["a", "b"] and meta["input_size"] == 32
+    assert meta["classes"] == ["a", "b"] and meta["input_size"] == 32 and meta["preprocess"] == preprocess
     assert torch.allclose(ft.predict_logits(loaded, val.images, 16, torch.device("cpu")), logits, atol=1e-5)
 
 

@@ -91,3 +91,11 @@ def test_decompression_bomb_guard_stays_on():
     image = Image.new("1", (30000, 30000))  # 900 Mpx > 2 x Pillow's limit, tiny as a PNG
     with pytest.raises(Image.DecompressionBombError):
         decode(encode(image), 8, "squash")
+
+
+@pytest.mark.parametrize("contrast", ["equalize", "autocontrast"])
+def test_contrast_normalisation_stretches_a_dim_image(contrast):
+    dim = np.tile(np.linspace(100, 140, 32).astype(np.uint8), (32, 1))
+    out = decode(encode(Image.fromarray(dim)), 32, "squash", contrast)
+    assert out.min() < 20 and out.max() > 235
+    assert np.array_equal(decode(encode(Image.fromarray(dim)), 32, "squash"), np.stack([dim] * 3, axis=-1))

@@ -66,7 +66,7 @@ def test_repro_status_and_incremental_reruns(dvc_project, tmp_path):
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "baseline run"], project)
     set_params(project, **{"head.C": 0.01})
-    assert repro(project) == ["train-head", "finetune", "evaluate"]
+    assert repro(project) == ["train-head", "evaluate"]
     diff = run(["dvc", "metrics", "diff", "--json"], project).stdout
     assert "metrics/train_head.json" in json.loads(diff)
 

@@ -1,7 +1,10 @@
 """The resize stage: decode every image once into uint8 arrays, one .npy file per split.
 
-Decoding runs in a pool of processes; the main process reads the raw bytes and streams the
-results into memory-mapped output files, so memory stays flat whatever the data set size.
+Decoding runs in a pool of processes, one per core: the main process reads the raw bytes (an
+archive is read once, in order) and hands them out in chunks; each worker decodes its chunk and
+writes the pixels straight into the output file at the image's row with `pwrite`. Pixels never
+travel back through a pipe, and no output page is mapped into any process, so resident memory
+stays flat whatever the data set size (the page cache holds the written data, not the process).
 """
 
 import json
@@ -22,26 +25,66 @@ from tlpipe.images import decode
 from tlpipe.raw import RawData
 from tlpipe.split import SPLITS
 
-COPY_ROWS = 256
+CHUNK = 16          # images per task: amortises the inter-process hand-off (~7 KB JPEGs decode in ~0.2 ms)
+WINDOW_CHUNKS = 8   # chunks of raw bytes in flight per worker
+
+_open_files: dict[str, int] = {}  # per worker process: output file -> descriptor
 
 
-def _decode_job(job: tuple[int, str, bytes | Exception, int, str]):
-    row, path, content, size, mode = job
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while len(data):
+        written = os.pwrite(fd, data, offset)
+        data, offset = data[written:], offset + written
+
+
+def _decode_one(content: bytes | Exception, size: int, mode: str, contrast: str) -> tuple[np.ndarray | None, str | None]:
     if isinstance(content, Exception):
-        return row, path, None, f"unreadable file: {content}"
+        return None, f"unreadable file: {content}"
     try:
-        return row, path, decode(content, size, mode), None
+        return decode(content, size, mode, contrast), None
     except Image.DecompressionBombError as error:
-        return row, path, None, f"decompression bomb guard: {error}"
+        return None, f"decompression bomb guard: {error}"
     except Exception as error:  # noqa: BLE001 - any decoder failure is a per-file report
-        return row, path, None, f"{type(error).__name__}: {error}"
+        return None, f"{type(error).__name__}: {error}"
 
 
-def _bounded(jobs: Iterator, window: threading.Semaphore) -> Iterator:
+def _decode_chunk(task: tuple[int, str, str, list[tuple[int, str, bytes | Exception, str, int]]]):
+    """Decode a chunk of images and write each to `file` at `offset`; return (row, path, error) each."""
+    size, mode, contrast, jobs = task
+    done = []
+    for row, path, content, file, offset in jobs:
+        pixels, error = _decode_one(content, size, mode, contrast)
+        if error is None:
+            fd = _open_files.get(file)
+            if fd is None:
+                fd = _open_files[file] = os.open(file, os.O_WRONLY)
+            _pwrite_all(fd, memoryview(np.ascontiguousarray(pixels)).cast("B"), offset)
+        done.append((row, path, error))
+    return done
+
+
+def _chunks(jobs: Iterator, window: threading.Semaphore, size: int, mode: str, contrast: str) -> Iterator:
     # Pool.imap reads its input eagerly; the semaphore keeps only a window of raw bytes in memory.
+    chunk = []
     for job in jobs:
+        chunk.append(job)
+        if len(chunk) == CHUNK:
+            window.acquire()
+            yield size, mode, contrast, chunk
+            chunk = []
+    if chunk:
         window.acquire()
-        yield job
+        yield size, mode, contrast, chunk
+
+
+def _create_npy(path: Path, shape: tuple[int, ...]) -> int:
+    """An .npy file of uint8 zeros (sparse, nothing written but the header); returns the data offset."""
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False, "shape": shape})
+        offset = f.tell()
+        f.truncate(offset + int(np.prod(shape)))
+    return offset
 
 
 def worker_count(requested: int) -> int:
@@ -49,7 +92,7 @@ def worker_count(requested: int) -> int:
 
 
 def build_cache(table: pd.DataFrame, raw: RawData, out_dir: Path, size: int, mode: str,
-                workers: int = 0, max_unreadable_fraction: float = 0.0) -> dict:
+                workers: int = 0, max_unreadable_fraction: float = 0.0, contrast: str = "none") -> dict:
     """Write `{split}.npy` (N, size, size, 3) uint8 and `{split}.csv` (row order) per split."""
     classes = sorted(table["label"].unique())
     positions = {split: np.flatnonzero(table["split"].to_numpy() == split) for split in SPLITS}
@@ -59,26 +102,31 @@ def build_cache(table: pd.DataFrame, raw: RawData, out_dir: Path, size: int, mod
         slot[rows] = np.arange(len(rows))
     unreadable: list[dict] = []
     with atomic_path(out_dir, directory=True) as tmp:
-        arrays = {
-            split: np.lib.format.open_memmap(tmp / f"{split}.partial.npy", mode="w+", dtype=np.uint8,
-                                             shape=(len(rows), size, size, 3))
-            for split, rows in positions.items()
-        }
+        row_bytes = size * size * 3
+        files = {split: str(tmp / f"{split}.partial.npy") for split in positions}
+        data_offset = {split: _create_npy(Path(files[split]), (len(rows), size, size, 3))
+                       for split, rows in positions.items()}
         ok = np.zeros(len(table), dtype=bool)
         row_of_path = {path: i for i, path in enumerate(table["path"])}
-        window = threading.Semaphore(worker_count(workers) * 32)
-        jobs = ((row_of_path[path], path, content, size, mode)
-                for path, content in raw.iter_bytes(table["path"].tolist()))
         n_workers = worker_count(workers)
-        with multiprocessing.get_context("fork" if os.name == "posix" else "spawn").Pool(n_workers) as pool:
-            results = pool.imap_unordered(_decode_job, _bounded(jobs, window), chunksize=4)
-            for row, path, pixels, error in tqdm(results, total=len(table), desc="resize", unit="img"):
+        window = threading.Semaphore(n_workers * WINDOW_CHUNKS)
+
+        def jobs():
+            for path, content in raw.iter_bytes(table["path"].tolist()):
+                row = row_of_path[path]
+                split = split_of_row[row]
+                yield row, path, content, files[split], data_offset[split] + int(slot[row]) * row_bytes
+
+        with (multiprocessing.get_context("fork" if os.name == "posix" else "spawn").Pool(n_workers) as pool,
+              tqdm(total=len(table), desc="resize", unit="img") as progress):
+            for done in pool.imap_unordered(_decode_chunk, _chunks(jobs(), window, size, mode, contrast)):
                 window.release()
-                if error is None:
-                    arrays[split_of_row[row]][slot[row]] = pixels
-                    ok[row] = True
-                else:
-                    unreadable.append({"path": path, "reason": error})
+                for row, path, error in done:
+                    if error is None:
+                        ok[row] = True
+                    else:
+                        unreadable.append({"path": path, "reason": error})
+                progress.update(len(done))
         fraction = len(unreadable) / max(len(table), 1)
         if fraction > max_unreadable_fraction:
             examples = "; ".join(f"{u['path']}: {u['reason']}" for u in unreadable[:3])
@@ -88,31 +136,32 @@ def build_cache(table: pd.DataFrame, raw: RawData, out_dir: Path, size: int, mod
                 "Fix or remove those files, or raise the limit to skip them."
             )
         for split, rows in positions.items():
-            _finish_split(tmp, split, arrays.pop(split), ok[rows], table.iloc[rows], classes)
+            _finish_split(tmp, split, data_offset[split], (size, size, 3), ok[rows], table.iloc[rows], classes)
         (tmp / "classes.json").write_text(json.dumps(classes, indent=2) + "\n")
+        (tmp / "preprocess.json").write_text(json.dumps({"size": size, "mode": mode, "contrast": contrast}) + "\n")
     counts = {split: int(ok[rows].sum()) for split, rows in positions.items()}
-    return {"size": size, "mode": mode, "images": counts, "classes": len(classes),
+    return {"size": size, "mode": mode, "contrast": contrast, "images": counts, "classes": len(classes),
             "unreadable_count": len(unreadable),
             "unreadable": sorted(unreadable, key=lambda u: u["path"])}
 
 
-def _finish_split(folder: Path, split: str, array: np.memmap, ok: np.ndarray, rows: pd.DataFrame,
-                  classes: list[str]) -> None:
-    """Drop the rows of unreadable images (copying in chunks) and write the row order."""
+def _finish_split(folder: Path, split: str, offset: int, image_shape: tuple[int, ...], ok: np.ndarray,
+                  rows: pd.DataFrame, classes: list[str]) -> None:
+    """Drop the rows of unreadable images (copied with reads and writes, never mapped) and write
+    the row order."""
     partial = folder / f"{split}.partial.npy"
     final = folder / f"{split}.npy"
     if ok.all():
-        array.flush()
-        del array
         os.replace(partial, final)
     else:
         kept = np.flatnonzero(ok)
-        out = np.lib.format.open_memmap(final, mode="w+", dtype=np.uint8, shape=(len(kept), *array.shape[1:]))
-        for start in range(0, len(kept), COPY_ROWS):
-            chunk = kept[start:start + COPY_ROWS]
-            out[start:start + len(chunk)] = array[chunk]
-        out.flush()
-        del out, array
+        row_bytes = int(np.prod(image_shape))
+        out_offset = _create_npy(final, (len(kept), *image_shape))
+        with open(partial, "rb") as src, open(final, "r+b") as dst:
+            dst.seek(out_offset)
+            for row in kept:
+                src.seek(offset + int(row) * row_bytes)
+                dst.write(src.read(row_bytes))
         partial.unlink()
     index = rows[ok][["path", "label"]].copy()
     index["label_index"] = index["label"].map({c: i for i, c in enumerate(classes)})
@@ -129,3 +178,8 @@ def load_split(cache_dir: str | os.PathLike, split: str) -> tuple[np.ndarray, np
 
 def load_classes(cache_dir: str | os.PathLike) -> list[str]:
     return json.loads((Path(cache_dir) / "classes.json").read_text())
+
+
+def load_preprocess(cache_dir: str | os.PathLike) -> dict:
+    """How the cached arrays were made from the image files: {size, mode, contrast}."""
+    return json.loads((Path(cache_dir) / "preprocess.json").read_text())

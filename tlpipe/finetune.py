@@ -17,7 +17,7 @@ from torch import nn
 from tlpipe.augment import Augment
 from tlpipe.backbones import Backbone, Classifier, block_groups, create_backbone, make_head
 from tlpipe.errors import TlpipeError
-from tlpipe.heads import class_weights
+from tlpipe.heads import class_weights, fit_logreg
 from tlpipe.runtime import autocast, batches, to_float_images
 
 MODEL_FORMAT = "tlpipe.model/1"
@@ -37,14 +37,18 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
 
 
-def build_model(backbone: Backbone, head_checkpoint: dict, head_init: str) -> Classifier:
-    head = make_head(head_checkpoint["kind"], backbone.num_features, head_checkpoint["num_classes"],
-                     head_checkpoint["hidden"], head_checkpoint["dropout"])
-    if head_init == "head":
-        if head_checkpoint["in_features"] != backbone.num_features:
-            raise TlpipeError("finetune: models/head.pt was trained on features of another backbone; "
-                              "run `dvc repro` so that extract-features and train-head rerun.")
-        head.load_state_dict(head_checkpoint["state_dict"])
+def build_model(backbone: Backbone, num_classes: int, cfg: dict, probe: Split | None = None) -> Classifier:
+    """Backbone + linear head; with head_init 'probe' the head starts as a logistic regression fitted on
+    `probe` (the frozen backbone's features of the training split), so the first epochs refine a good
+    head instead of pushing random gradients into the body. It is fitted here, not read from
+    train-head, so that iterating on `head.*` never reruns this stage."""
+    head = make_head("logreg", backbone.num_features, num_classes, 0, 0.0)
+    if cfg["head_init"] == "probe":
+        if probe is None or probe.images.shape[1] != backbone.num_features:
+            raise TlpipeError("finetune: data/features does not match backbone.name; "
+                              "run `dvc repro` so that extract-features reruns.")
+        head = fit_logreg(probe.images, probe.labels, num_classes, cfg["probe_C"],
+                          cfg["class_balance"] != "none", cfg["seed"])
     return Classifier(backbone.body, head, backbone.mean, backbone.std)
 
 
@@ -193,15 +197,18 @@ def fit(model: Classifier, train: Split, val: Split, cfg: dict, num_classes: int
     return result
 
 
-def model_checkpoint(model: Classifier, backbone_name: str, head_checkpoint: dict, classes: list[str],
-                     input_size: int, cfg: dict, best_epoch: int) -> dict:
-    """Everything inference needs, as plain tensors and values (loads with weights_only=True)."""
+def model_checkpoint(model: Classifier, backbone_name: str, classes: list[str], preprocess: dict,
+                     cfg: dict, best_epoch: int) -> dict:
+    """Everything inference needs, as plain tensors and values (loads with weights_only=True).
+
+    `preprocess` is how the resize stage turned files into arrays (size, mode, contrast)."""
     return {
         "format": MODEL_FORMAT,
         "backbone": backbone_name,
-        "head": {k: head_checkpoint[k] for k in ("kind", "hidden", "dropout", "num_classes")},
+        "head": {"kind": "logreg", "hidden": 0, "dropout": 0.0, "num_classes": len(classes)},
         "classes": list(classes),
-        "input_size": int(input_size),
+        "input_size": int(preprocess["size"]),
+        "preprocess": dict(preprocess),
         "mean": [float(v) for v in model.normalize.mean.flatten()],
         "std": [float(v) for v in model.normalize.std.flatten()],
         "params": dict(cfg),

@@ -27,11 +27,10 @@ def class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return weights
 
 
-def _fit_logreg(cfg: dict, x: np.ndarray, y: np.ndarray, num_classes: int) -> nn.Linear:
+def fit_logreg(x: np.ndarray, y: np.ndarray, num_classes: int, C: float, balanced: bool, seed: int) -> nn.Linear:
+    """L2 logistic regression on standardised features, folded into one nn.Linear on the raw features."""
     scaler = StandardScaler().fit(x)
-    model = LogisticRegression(C=cfg["C"], max_iter=3000,
-                               class_weight="balanced" if cfg["class_weight"] == "balanced" else None,
-                               random_state=cfg["seed"])
+    model = LogisticRegression(C=C, max_iter=3000, class_weight="balanced" if balanced else None, random_state=seed)
     model.fit(scaler.transform(x), y)
     coef, intercept = model.coef_, model.intercept_
     if num_classes == 2 and coef.shape[0] == 1:
@@ -89,7 +88,7 @@ def train_head(cfg: dict, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val
     num_classes = len(classes)
     curve: list[dict] = []
     if cfg["kind"] == "logreg":
-        head = _fit_logreg(cfg, x, y, num_classes)
+        head = fit_logreg(x, y, num_classes, cfg["C"], cfg["class_weight"] == "balanced", cfg["seed"])
     else:
         head, curve = _fit_mlp(cfg, x, y, x_val, y_val, num_classes)
     checkpoint = {

@@ -48,7 +48,19 @@ def fit(image: Image.Image, size: int, mode: str) -> Image.Image:
     return canvas
 
 
-def decode(content: bytes, size: int, mode: str) -> np.ndarray:
+CONTRASTS = ("none", "equalize", "autocontrast")
+
+
+def normalize_contrast(image: Image.Image, contrast: str) -> Image.Image:
+    """Per-image contrast normalisation: evens out exposure differences between scanners."""
+    if contrast == "equalize":
+        return ImageOps.equalize(image)
+    if contrast == "autocontrast":
+        return ImageOps.autocontrast(image, cutoff=1)
+    return image
+
+
+def decode(content: bytes, size: int, mode: str, contrast: str = "none") -> np.ndarray:
     """Bytes of an image file -> (size, size, 3) uint8. Raises on anything unreadable."""
     image = Image.open(io.BytesIO(content))
     orientation = image.getexif().get(0x0112, 1)
@@ -59,4 +71,4 @@ def decode(content: bytes, size: int, mode: str) -> np.ndarray:
         image.draft(image.mode, target if orientation < 5 else target[::-1])
     image = ImageOps.exif_transpose(image)
     image = _to_rgb(image)
-    return np.asarray(fit(image, size, mode), dtype=np.uint8)
+    return np.asarray(normalize_contrast(fit(image, size, mode), contrast), dtype=np.uint8)

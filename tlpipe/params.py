@@ -68,6 +68,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
     "resize": {
         "size": POSITIVE_INT,
         "mode": Spec(str, choices=("squash", "center-crop", "pad")),
+        "contrast": Spec(str, choices=("none", "equalize", "autocontrast")),
         "workers": NON_NEGATIVE_INT,
         "max_unreadable_fraction": FRACTION,
     },
@@ -103,7 +104,8 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "label_smoothing": Spec(NUM, min=0, max=0.5),
         "class_balance": Spec(str, choices=("none", "weights", "sampler")),
         "bn_policy": Spec(str, choices=("train", "freeze")),
-        "head_init": Spec(str, choices=("head", "random")),
+        "head_init": Spec(str, choices=("probe", "random")),
+        "probe_C": POSITIVE,
         "aug_scale_min": Spec(NUM, min=0.05, max=1),
         "aug_flip": BOOL,
         "aug_rotation": Spec(NUM, min=0, max=180),
