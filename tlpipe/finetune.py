@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from sklearn.metrics import balanced_accuracy_score
+from sklearn.metrics import balanced_accuracy_score, cohen_kappa_score
 from torch import nn
 
 from tlpipe.augment import Augment
@@ -21,7 +21,7 @@ from tlpipe.heads import class_weights, fit_logreg
 from tlpipe.runtime import autocast, batches, to_float_images
 
 MODEL_FORMAT = "tlpipe.model/1"
-HIGHER_IS_BETTER = {"val_loss": False, "val_accuracy": True, "val_balanced_accuracy": True}
+HIGHER_IS_BETTER = {"val_loss": False, "val_accuracy": True, "val_balanced_accuracy": True, "val_quadratic_kappa": True}
 
 
 @dataclass
@@ -141,6 +141,8 @@ def evaluate(model: Classifier, data: Split, cfg: dict, device: torch.device) ->
         "val_loss": nn.functional.cross_entropy(logits, labels).item(),
         "val_accuracy": float((predicted == data.labels).mean()),
         "val_balanced_accuracy": float(balanced_accuracy_score(data.labels, predicted)),
+        # nan when predictions or labels hold one class only: no agreement beyond chance
+        "val_quadratic_kappa": float(np.nan_to_num(cohen_kappa_score(data.labels, predicted, weights="quadratic"))),
     }
 
 

@@ -1,0 +1,61 @@
+import shutil
+
+import pytest
+import yaml
+
+from conftest import REPO
+from tlpipe import params, presets
+from tlpipe.cli import main
+from tlpipe.errors import TlpipeError
+
+REQUIRED = {"chest-xray-pneumonia", "ham10000", "fruits-360", "retina-oct", "diabetic-retinopathy", "tuberculosis-xray"}
+
+
+@pytest.fixture
+def params_copy(tmp_path):
+    path = tmp_path / "params.yaml"
+    shutil.copy(REPO / "params.yaml", path)
+    return path
+
+
+@pytest.mark.parametrize("name", sorted(REQUIRED))
+def test_every_preset_applies_validates_and_documents_its_sources(name, params_copy):
+    changes = presets.apply(name, params_copy)
+    applied = params.load(params_copy)
+    for dotted, value in presets.overlay(name).items():
+        section, key = dotted.split(".")
+        assert applied[section][key] == value
+    assert changes
+    preset = presets.load(name)
+    assert preset["kaggle"] and preset["path_example"].startswith("path:") and preset["published"]
+    assert presets.overlay(name, "path:/x")["data.source"] == "path:/x"
+
+
+def test_apply_keeps_comments_and_other_keys(params_copy):
+    before = params_copy.read_text()
+    presets.apply("chest-xray-pneumonia", params_copy, source="path:/data/chest.zip")
+    after = params_copy.read_text()
+    comments = [line.split("#", 1)[1] for line in before.splitlines() if "#" in line]
+    assert all(comment in after for comment in comments)
+    old, new = yaml.safe_load(before), yaml.safe_load(after)
+    assert new["data"]["source"] == "path:/data/chest.zip"
+    assert new["split"]["group_regex"] == r"^(person\d+|(?:NORMAL2-)?IM-\d+)"
+    assert new["split"]["labels_csv"] is None and "labels_csv: null" in after
+    assert new["head"] == old["head"] | presets.load("chest-xray-pneumonia")["params"]["head"]
+
+
+def test_unknown_preset_suggests_the_closest_name(params_copy):
+    with pytest.raises(TlpipeError, match="preset 'chest-xray' does not exist. Did you mean chest-xray-pneumonia"):
+        presets.apply("chest-xray", params_copy)
+    assert main(["preset", "ham1000", "--params", str(params_copy)]) == 2
+    assert params_copy.read_text() == (REPO / "params.yaml").read_text()
+
+
+def test_cli_lists_presets_and_prints_exp_run_arguments(capsys):
+    assert main(["preset"]) == 0
+    listing = capsys.readouterr().out
+    assert all(name in listing for name in REQUIRED) and "0.928" in listing
+    assert main(["preset", "fruits-360", "--set-args", "--source", "path:/d/fruits.zip"]) == 0
+    command = capsys.readouterr().out.strip()
+    assert command.startswith("dvc exp run -S 'data.source=path:/d/fruits.zip'")
+    assert "-S 'resize.size=128'" in command
