@@ -32,6 +32,7 @@ def tree_with_bad_files(tmp_path, n_bad: int):
     return RawData(raw), table, bad
 
 
+@pytest.mark.robustness
 def test_cache_holds_every_good_image_and_reports_each_bad_one(tmp_path):
     raw, table, bad = tree_with_bad_files(tmp_path, 3)
     metrics = build_cache(table, raw, tmp_path / "cache", 16, "squash", workers=2, max_unreadable_fraction=0.2)
@@ -59,6 +60,7 @@ def test_cache_rows_match_the_source_images(tmp_path):
         assert np.array_equal(images[row], expected)  # 12 px in, 12 px out: no resampling
 
 
+@pytest.mark.robustness
 def test_too_many_unreadable_fails_and_leaves_no_cache(tmp_path):
     raw, table, _ = tree_with_bad_files(tmp_path, 3)
     with pytest.raises(TlpipeError, match="3 of 43 images.*unreadable.*zero.png"):
@@ -66,6 +68,7 @@ def test_too_many_unreadable_fails_and_leaves_no_cache(tmp_path):
     assert list(tmp_path.glob("*cache*")) == []
 
 
+@pytest.mark.robustness
 def test_cache_is_byte_identical_across_runs_and_worker_counts(tmp_path):
     raw, table, _ = tree_with_bad_files(tmp_path, 0)
     build_cache(table, raw, tmp_path / "c1", 16, "pad", workers=1)

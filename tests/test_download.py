@@ -17,6 +17,7 @@ def test_sklearn_digits_written_as_png_class_folders(tmp_path):
     assert sorted({f.parent.name for f in files}) == [str(d) for d in range(10)]
 
 
+@pytest.mark.robustness
 def test_unknown_sklearn_dataset(tmp_path):
     with pytest.raises(TlpipeError, match="sklearn:digits"):
         fetch("sklearn:iris", tmp_path / "raw")
@@ -44,6 +45,7 @@ def test_local_archive_is_kept_as_archive(tmp_path):
     ("url:https://example.invalid/data.csv", "does not name a .zip"),
     ("url:ftp://example.invalid/data.zip", "must start with http"),
 ])
+@pytest.mark.robustness
 def test_bad_sources(tmp_path, source, message):
     with pytest.raises(TlpipeError, match=message):
         fetch(source, tmp_path / "raw")
@@ -80,6 +82,7 @@ def test_url_archive_downloaded_whole(tmp_path, archive_server):
     assert (tmp_path / "raw" / "set.zip").read_bytes() == _ArchiveHandler.payload
 
 
+@pytest.mark.robustness
 def test_url_download_cut_half_way_leaves_nothing(tmp_path, archive_server):
     _ArchiveHandler.payload, _ArchiveHandler.cut_after = bytes(100_000), 50_000
     with pytest.raises(TlpipeError, match="download"):

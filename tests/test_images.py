@@ -13,11 +13,13 @@ def encode(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
     return buffer.getvalue()
 
 
+@pytest.mark.robustness
 def test_grayscale_becomes_rgb():
     out = decode(encode(Image.new("L", (20, 10), 200)), 8, "squash")
     assert out.shape == (8, 8, 3) and out.dtype == np.uint8 and (out == 200).all()
 
 
+@pytest.mark.robustness
 def test_palette_and_palette_with_transparency():
     palette = Image.new("P", (10, 10), 1)
     palette.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
@@ -27,23 +29,27 @@ def test_palette_and_palette_with_transparency():
     assert (out == 0).all()  # fully transparent pixels are composited on black
 
 
+@pytest.mark.robustness
 def test_rgba_alpha_composited_on_black():
     image = Image.new("RGBA", (10, 10), (200, 100, 50, 128))
     out = decode(encode(image), 4, "squash")
     assert np.allclose(out[0, 0], [100, 50, 25], atol=2)
 
 
+@pytest.mark.robustness
 def test_cmyk_jpeg():
     out = decode(encode(Image.new("CMYK", (16, 16), (0, 255, 255, 0)), "JPEG"), 8, "squash")
     assert out[..., 0].mean() > 200 and out[..., 1].mean() < 60
 
 
+@pytest.mark.robustness
 def test_16_bit_png_is_scaled_not_clipped():
     pixels = np.full((10, 10), 32768, dtype=np.uint16)
     out = decode(encode(Image.fromarray(pixels)), 4, "squash")
     assert abs(int(out[0, 0, 0]) - 128) <= 1
 
 
+@pytest.mark.robustness
 def test_exif_orientation_applied():
     image = Image.new("RGB", (20, 10), (255, 0, 0))
     image.paste((0, 0, 255), (0, 0, 10, 10))  # left half blue
@@ -56,6 +62,7 @@ def test_exif_orientation_applied():
 
 
 @pytest.mark.parametrize("mode", ["squash", "center-crop", "pad"])
+@pytest.mark.robustness
 def test_huge_aspect_ratio_and_one_pixel(mode):
     assert decode(encode(Image.new("RGB", (4000, 3), (9, 9, 9))), 16, mode).shape == (16, 16, 3)
     assert decode(encode(Image.new("RGB", (1, 1), (7, 7, 7))), 16, mode).shape == (16, 16, 3)
@@ -80,6 +87,7 @@ def test_jpeg_draft_mode_still_gives_exact_size():
     [b"", b"this is not an image", None],
     ids=["zero-bytes", "text", "truncated-jpeg"],
 )
+@pytest.mark.robustness
 def test_unreadable_raises(content):
     if content is None:
         content = encode(Image.new("RGB", (64, 64), (1, 2, 3)), "JPEG")[:200]
@@ -87,6 +95,7 @@ def test_unreadable_raises(content):
         decode(content, 8, "squash")
 
 
+@pytest.mark.robustness
 def test_decompression_bomb_guard_stays_on():
     image = Image.new("1", (30000, 30000))  # 900 Mpx > 2 x Pillow's limit, tiny as a PNG
     with pytest.raises(Image.DecompressionBombError):

@@ -29,6 +29,7 @@ def test_shipped_params_are_valid():
         (lambda p: p["split"].update(seed=None), "'split.seed' must be int >= 0, got null"),
     ],
 )
+@pytest.mark.robustness
 def test_bad_params_name_the_key(change, message):
     p = copy.deepcopy(default_params())
     change(p)
@@ -37,6 +38,7 @@ def test_bad_params_name_the_key(change, message):
     assert message in str(error.value)
 
 
+@pytest.mark.robustness
 def test_load_reports_bad_yaml(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text('split:\n  group_regex: "\\d"\n')

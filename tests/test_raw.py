@@ -34,6 +34,7 @@ def test_zip_and_tar_members_are_listed_and_read(tmp_path):
     assert contents["a.zip/cats/1.png"] == png_bytes(1)
 
 
+@pytest.mark.robustness
 def test_unsafe_archive_members_are_rejected_with_reason(tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()
@@ -59,6 +60,7 @@ def test_unsafe_archive_members_are_rejected_with_reason(tmp_path):
     assert any("absolute" in r for r in reasons.values())
 
 
+@pytest.mark.robustness
 def test_corrupt_zip_is_a_clear_error(tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()
@@ -67,6 +69,7 @@ def test_corrupt_zip_is_a_clear_error(tmp_path):
         RawData(raw).entries()
 
 
+@pytest.mark.robustness
 def test_archive_bomb_limits(tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()

@@ -78,6 +78,7 @@ def test_existing_val_folder_kept_or_merged(tmp_path):
     assert (merged["split"] == "val").sum() == 11  # a quarter of the 44 train + val images
 
 
+@pytest.mark.robustness
 def test_labels_groups_and_split_from_metadata_csv(tmp_path):
     raw = tmp_path / "raw"
     (raw / "images").mkdir(parents=True)
@@ -96,6 +97,7 @@ def test_labels_groups_and_split_from_metadata_csv(tmp_path):
     assert {"path": "images/stray.jpg", "reason": "no label for id 'stray' in meta.csv"} in report.skipped
 
 
+@pytest.mark.robustness
 def test_missing_csv_column_is_a_clear_error(tmp_path):
     (tmp_path / "raw").mkdir()
     pd.DataFrame({"image_id": ["a"], "dx": ["nv"]}).to_csv(tmp_path / "raw" / "meta.csv", index=False)
@@ -103,6 +105,7 @@ def test_missing_csv_column_is_a_clear_error(tmp_path):
         split_of(tmp_path / "raw", labels_csv="meta.csv", id_column="image_id", label_column="diagnosis")
 
 
+@pytest.mark.robustness
 def test_litter_and_non_images_are_reported(tmp_path):
     make_image_tree(tmp_path / "raw" / "set", {"a": 10, "b": 10})
     (tmp_path / "raw" / "set" / "a" / ".DS_Store").write_bytes(b"x")
@@ -118,6 +121,7 @@ def test_litter_and_non_images_are_reported(tmp_path):
     assert len(table) == 20
 
 
+@pytest.mark.robustness
 def test_small_class_error_or_drop(tmp_path):
     make_image_tree(tmp_path / "raw" / "set", {"a": 30, "b": 30, "tiny": 2})
     with pytest.raises(TlpipeError, match="'tiny'.*split.small_class: drop"):
@@ -127,6 +131,7 @@ def test_small_class_error_or_drop(tmp_path):
     assert sum("class 'tiny' too small" in r["reason"] for r in report.skipped) == 2
 
 
+@pytest.mark.robustness
 def test_single_class_and_empty_source_are_errors(tmp_path):
     make_image_tree(tmp_path / "one" / "set", {"a": 30})
     with pytest.raises(TlpipeError, match="needs at least 2"):
@@ -136,6 +141,7 @@ def test_single_class_and_empty_source_are_errors(tmp_path):
         split_of(tmp_path / "empty")
 
 
+@pytest.mark.robustness
 def test_nested_duplicate_tree_is_dropped_and_cross_split_copies_reported(tmp_path):
     root = tmp_path / "raw" / "chest_xray"
     make_image_tree(root / "train", {"A": 20, "B": 20})
@@ -153,6 +159,7 @@ def test_nested_duplicate_tree_is_dropped_and_cross_split_copies_reported(tmp_pa
     assert any(r["path"] == "chest_xray/train/A/leak.png" for r in report.skipped)
 
 
+@pytest.mark.robustness
 def test_same_content_different_labels_dropped_and_copies_grouped(tmp_path):
     make_image_tree(tmp_path / "raw" / "s", {"a": 20, "b": 20})
     shutil.copy(tmp_path / "raw" / "s" / "a" / "img000.png", tmp_path / "raw" / "s" / "b" / "confused.png")
@@ -163,6 +170,7 @@ def test_same_content_different_labels_dropped_and_copies_grouped(tmp_path):
     assert splits["s/a/again.png"] == splits["s/a/img001.png"]
 
 
+@pytest.mark.robustness
 def test_unusual_file_names(tmp_path):
     raw = tmp_path / "raw"
     make_image_tree(raw / "set", {"a": 10, "b b": 10})
@@ -174,6 +182,7 @@ def test_unusual_file_names(tmp_path):
     assert "b b" in set(table["label"])
 
 
+@pytest.mark.robustness
 def test_metrics_count_every_file(tmp_path):
     make_image_tree(tmp_path / "raw" / "set", {"a": 20, "b": 20})
     (tmp_path / "raw" / "set" / "a" / "x.txt").write_text("x")
@@ -195,3 +204,17 @@ def test_real_chest_xray_keeps_official_test_and_separates_patients(tmp_path):
     train, val = table[table["split"] == "train"], table[table["split"] == "val"]
     assert len(train) + len(val) == 5216
     assert not set(train["group"]) & set(val["group"])
+
+
+def test_labels_csv_found_by_name_inside_an_archive_of_any_name(tmp_path):
+    src = tmp_path / "src"
+    (src / "imgs").mkdir(parents=True)
+    rows = []
+    for i in range(30):
+        (src / "imgs" / f"ISIC_{i:04d}.png").write_bytes(png_bytes(i))
+        rows.append({"image_id": f"ISIC_{i:04d}", "dx": ["nv", "mel"][i % 2]})
+    pd.DataFrame(rows).to_csv(src / "HAM10000_metadata.csv", index=False)
+    (tmp_path / "raw").mkdir()
+    shutil.make_archive(str(tmp_path / "raw" / "archive"), "zip", src)
+    table, _ = split_of(tmp_path / "raw", labels_csv="HAM10000_metadata.csv", id_column="image_id", label_column="dx")
+    assert len(table) == 30 and set(table["label"]) == {"nv", "mel"}

@@ -97,7 +97,16 @@ def _timm(name: str, pretrained: bool) -> Backbone:
 
 
 def create_backbone(name: str, weights: str) -> Backbone:
-    pretrained = weights == "default"
+    if weights == "none":
+        # Random init is seeded on its own so that runs (and tests) without weights reproduce
+        # without touching the caller's random state.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return _create_backbone(name, pretrained=False)
+    return _create_backbone(name, pretrained=True)
+
+
+def _create_backbone(name: str, pretrained: bool) -> Backbone:
     if name in LITE_INPUT_SIZE:
         model = efficientnet_lite(name, pretrained)
         model.reset_classifier(0)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from tlpipe.atomic import atomic_path
@@ -25,8 +25,9 @@ from tlpipe.images import decode
 from tlpipe.raw import RawData
 from tlpipe.split import SPLITS
 
-CHUNK = 16          # images per task: amortises the inter-process hand-off (~7 KB JPEGs decode in ~0.2 ms)
-WINDOW_CHUNKS = 8   # chunks of raw bytes in flight per worker
+CHUNK_IMAGES = 64       # images per task at most: amortises the hand-off (a 7 KB JPEG decodes in ~0.2 ms)
+CHUNK_BYTES = 4 << 20   # ... and raw bytes per task at most, so large files make smaller tasks
+WINDOW_CHUNKS = 4       # tasks in flight per worker: bounds the raw bytes held in memory
 
 _open_files: dict[str, int] = {}  # per worker process: output file -> descriptor
 
@@ -40,10 +41,14 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
 def _decode_one(content: bytes | Exception, size: int, mode: str, contrast: str) -> tuple[np.ndarray | None, str | None]:
     if isinstance(content, Exception):
         return None, f"unreadable file: {content}"
+    if not content:
+        return None, "empty file (0 bytes)"
     try:
         return decode(content, size, mode, contrast), None
     except Image.DecompressionBombError as error:
         return None, f"decompression bomb guard: {error}"
+    except UnidentifiedImageError:  # its message holds a memory address: not reproducible
+        return None, "not an image Pillow can read (unknown format, or not an image at all)"
     except Exception as error:  # noqa: BLE001 - any decoder failure is a per-file report
         return None, f"{type(error).__name__}: {error}"
 
@@ -63,15 +68,17 @@ def _decode_chunk(task: tuple[int, str, str, list[tuple[int, str, bytes | Except
     return done
 
 
-def _chunks(jobs: Iterator, window: threading.Semaphore, size: int, mode: str, contrast: str) -> Iterator:
+def _chunks(jobs: Iterator, window: threading.Semaphore, images: int, size: int, mode: str,
+            contrast: str) -> Iterator:
     # Pool.imap reads its input eagerly; the semaphore keeps only a window of raw bytes in memory.
-    chunk = []
+    chunk, chunk_bytes = [], 0
     for job in jobs:
         chunk.append(job)
-        if len(chunk) == CHUNK:
+        chunk_bytes += len(job[2]) if isinstance(job[2], bytes) else 0
+        if len(chunk) >= images or chunk_bytes >= CHUNK_BYTES:
             window.acquire()
             yield size, mode, contrast, chunk
-            chunk = []
+            chunk, chunk_bytes = [], 0
     if chunk:
         window.acquire()
         yield size, mode, contrast, chunk
@@ -110,6 +117,7 @@ def build_cache(table: pd.DataFrame, raw: RawData, out_dir: Path, size: int, mod
         row_of_path = {path: i for i, path in enumerate(table["path"])}
         n_workers = worker_count(workers)
         window = threading.Semaphore(n_workers * WINDOW_CHUNKS)
+        per_chunk = max(1, min(CHUNK_IMAGES, -(-len(table) // (n_workers * WINDOW_CHUNKS))))
 
         def jobs():
             for path, content in raw.iter_bytes(table["path"].tolist()):
@@ -119,7 +127,7 @@ def build_cache(table: pd.DataFrame, raw: RawData, out_dir: Path, size: int, mod
 
         with (multiprocessing.get_context("fork" if os.name == "posix" else "spawn").Pool(n_workers) as pool,
               tqdm(total=len(table), desc="resize", unit="img") as progress):
-            for done in pool.imap_unordered(_decode_chunk, _chunks(jobs(), window, size, mode, contrast)):
+            for done in pool.imap_unordered(_decode_chunk, _chunks(jobs(), window, per_chunk, size, mode, contrast)):
                 window.release()
                 for row, path, error in done:
                     if error is None:

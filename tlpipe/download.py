@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from tlpipe.atomic import atomic_path
+from tlpipe.atomic import DISK_FULL, atomic_path
 from tlpipe.errors import TlpipeError
 from tlpipe.raw import is_archive
 
@@ -78,6 +78,8 @@ def download_url(url: str, dest: Path) -> Path:
                 "Run `dvc repro` again."
             )
     except (urllib.error.URLError, OSError) as error:
+        if getattr(error, "errno", None) in DISK_FULL:
+            raise  # atomic_path reports the full disk and removes the partial download
         raise TlpipeError(f"url:{url}: download failed ({error}). Check the address and your network.") from None
     return target
 

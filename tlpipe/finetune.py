@@ -5,6 +5,7 @@ no global state, and logging/saving only where `is_main` (the rank-0 process und
 """
 
 import copy
+import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -200,10 +201,11 @@ def fit(model: Classifier, train: Split, val: Split, cfg: dict, num_classes: int
 
 
 def model_checkpoint(model: Classifier, backbone_name: str, classes: list[str], preprocess: dict,
-                     cfg: dict, best_epoch: int) -> dict:
+                     cfg: dict, best_epoch: int, threshold: float | None = None) -> dict:
     """Everything inference needs, as plain tensors and values (loads with weights_only=True).
 
-    `preprocess` is how the resize stage turned files into arrays (size, mode, contrast)."""
+    `preprocess` is how the resize stage turned files into arrays (size, mode, contrast);
+    `threshold` the binary decision threshold chosen on validation (None: argmax)."""
     return {
         "format": MODEL_FORMAT,
         "backbone": backbone_name,
@@ -215,13 +217,19 @@ def model_checkpoint(model: Classifier, backbone_name: str, classes: list[str], 
         "std": [float(v) for v in model.normalize.std.flatten()],
         "params": dict(cfg),
         "best_epoch": best_epoch,
+        "threshold": threshold,
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
     }
 
 
 def load_model(path) -> tuple[Classifier, dict]:
     """Rebuild the classifier from models/model.pt alone."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise TlpipeError(f"{path}: refused: the file holds code or objects other than tensors "
+                          "(loaded with weights_only=True). Use a model.pt written by the finetune "
+                          f"stage, or rerun `dvc repro finetune`. ({str(error).splitlines()[0]})") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != MODEL_FORMAT:
         raise TlpipeError(f"{path}: not a tlpipe model file (expected format {MODEL_FORMAT}).")
     backbone = create_backbone(checkpoint["backbone"], "none")

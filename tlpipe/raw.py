@@ -34,6 +34,22 @@ class Rejected:
     reason: str
 
 
+NOT_UTF8 = "file name is not valid UTF-8 (shown with \\x escapes); rename it, e.g. with convmv -f latin1 -t utf8"
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes, kept by Python as lone surrogates
+        return False
+    return True
+
+
+def printable(name: str) -> str:
+    """A file name as text, with the bytes of a non-UTF-8 name shown as \\xNN escapes."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def is_litter(path: str) -> bool:
     """macOS/Windows debris and hidden files, never data."""
     parts = PurePosixPath(path).parts
@@ -97,6 +113,8 @@ def _tar_entries(archive: Path, prefix: str, limits: _Limits, rejected: list[Rej
                     reason = "link in archive"
                 elif reason is None and not member.isfile():
                     reason = "special file in archive"
+                elif reason is None and not _is_utf8(member.name):
+                    path, reason = printable(path), NOT_UTF8
                 if reason:
                     rejected.append(Rejected(path, reason))
                 else:
@@ -115,17 +133,28 @@ class RawData:
         self.max_bytes = max_archive_gb * 1e9
         self.max_entries = max_archive_entries
         self.rejected: list[Rejected] = []
+        self.empty_folders: list[str] = []
 
     def entries(self) -> list[Entry]:
-        """Every regular file, sorted by path; unsafe archive members go to `self.rejected`."""
+        """Every regular file, sorted by path; unsafe or unusable ones go to `self.rejected`."""
         found: list[Entry] = []
+        self.rejected, self.empty_folders = [], []
         for dirpath, dirnames, filenames in os.walk(self.root):
             dirnames.sort()
+            for name in [d for d in dirnames if (Path(dirpath) / d).is_symlink()]:
+                dirnames.remove(name)  # os.walk would skip it silently
+                self._reject(Path(dirpath) / name, "symbolic link to a folder (not followed)")
+            if not dirnames and not filenames and Path(dirpath) != self.root:
+                self.empty_folders.append(printable(Path(dirpath).relative_to(self.root).as_posix()))
             for name in sorted(filenames):
                 full = Path(dirpath) / name
                 rel = full.relative_to(self.root).as_posix()
                 if full.is_symlink():
-                    self.rejected.append(Rejected(rel, "symbolic link"))
+                    self._reject(full, "symbolic link")
+                elif not stat.S_ISREG(full.stat().st_mode):
+                    self._reject(full, "not a regular file (a pipe, socket or device)")
+                elif not _is_utf8(rel):
+                    self._reject(full, NOT_UTF8)
                 elif is_archive(name):
                     limits = _Limits(rel, self.max_bytes, self.max_entries)
                     reader = _zip_entries if name.lower().endswith(".zip") else _tar_entries
@@ -133,6 +162,9 @@ class RawData:
                 else:
                     found.append(Entry(rel, full.stat().st_size))
         return sorted(found, key=lambda e: e.path)
+
+    def _reject(self, full: Path, reason: str) -> None:
+        self.rejected.append(Rejected(printable(full.relative_to(self.root).as_posix()), reason))
 
     def is_archive_root(self, name: str) -> bool:
         return is_archive(name) and (self.root / name).is_file()
@@ -196,3 +228,14 @@ def _read_tar(archive: Path, prefix: str, paths: list[str]) -> Iterator[tuple[st
             wanted.clear()
     for path in wanted.values():
         yield path, FileNotFoundError(f"not in {archive.name}")
+
+
+def archive_members(archive: str | os.PathLike, max_archive_gb: float = 50,
+                    max_archive_entries: int = 5_000_000) -> tuple[RawData, list[Entry]]:
+    """One archive on its own: a RawData over its folder (for `iter_bytes`) and its safe members,
+    listed without walking the rest of that folder; unsafe members go to `raw.rejected`."""
+    archive = Path(archive)
+    raw = RawData(archive.parent, max_archive_gb, max_archive_entries)
+    limits = _Limits(archive.name, raw.max_bytes, raw.max_entries)
+    reader = _zip_entries if archive.name.lower().endswith(".zip") else _tar_entries
+    return raw, sorted(reader(archive, archive.name, limits, raw.rejected), key=lambda e: e.path)

@@ -32,6 +32,7 @@ class SplitReport:
     cross_split_duplicates: list[dict] = field(default_factory=list)
     duplicates: list[dict] = field(default_factory=list)
     labels_without_file: list[str] = field(default_factory=list)
+    empty_folders: list[str] = field(default_factory=list)
     ungrouped_files: int = 0
 
     def skip(self, path: str, reason: str) -> None:
@@ -46,13 +47,30 @@ def _shipped_split(path: str) -> str | None:
     return None
 
 
+def resolve_labels_csv(raw: RawData, name: str) -> str:
+    """The labels CSV's path in the raw data: as given, or the one file ending in '/name' (so
+    'HAM10000_metadata.csv' works whatever the archive around it is called)."""
+    paths = [entry.path for entry in raw.entries()]
+    if name in paths:
+        return name
+    matches = [path for path in paths if path.endswith("/" + name.lstrip("/"))]
+    if len(matches) > 1:
+        raise TlpipeError(f"split.labels_csv: '{name}' matches {len(matches)} files ({', '.join(matches[:3])}); "
+                          "give the full path relative to data/raw.")
+    return matches[0] if matches else name
+
+
 def _read_labels_csv(raw: RawData, cfg: dict) -> pd.DataFrame:
     csv_path = cfg["labels_csv"]
     (_, content), = raw.iter_bytes([csv_path])
     if isinstance(content, Exception):
         raise TlpipeError(f"split.labels_csv: cannot read '{csv_path}' in the raw data ({content}). "
                           "Give its path relative to data/raw, through the archive name if any.")
-    table = pd.read_csv(io.BytesIO(content), dtype=str, keep_default_na=False)
+    try:
+        table = pd.read_csv(io.BytesIO(content), dtype=str, keep_default_na=False)
+    except ValueError as error:  # not UTF-8, empty, or ragged rows
+        raise TlpipeError(f"split.labels_csv: '{csv_path}' is not a readable UTF-8 CSV file ({error}). "
+                          "Save it as CSV in UTF-8, with a header row.") from None
     for key in ("id_column", "label_column", "group_column", "split_column"):
         column = cfg[key]
         if key in ("id_column", "label_column") and column is None:
@@ -71,6 +89,9 @@ def list_images(raw: RawData, cfg: dict, report: SplitReport) -> pd.DataFrame:
     entries = raw.entries()
     for rejected in raw.rejected:
         report.skip(rejected.path, rejected.reason)
+    report.empty_folders = list(raw.empty_folders)
+    if cfg["labels_csv"]:
+        cfg = cfg | {"labels_csv": resolve_labels_csv(raw, cfg["labels_csv"])}
     table = _read_labels_csv(raw, cfg) if cfg["labels_csv"] else None
     group_regex = re.compile(cfg["group_regex"]) if cfg["group_regex"] else None
     rows, seen_ids = [], set()
@@ -273,6 +294,7 @@ def split_metrics(table: pd.DataFrame, report: SplitReport) -> dict:
         "cross_split_duplicates": report.cross_split_duplicates,
         "duplicates_kept": report.duplicates,
         "labels_without_file": report.labels_without_file,
+        "empty_folders": report.empty_folders,
     }
 
 

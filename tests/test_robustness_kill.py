@@ -1,0 +1,223 @@
+"""Stages killed part way leave nothing that looks complete, and the next run succeeds;
+the same params and data give the same files and metrics."""
+
+import hashlib
+import json
+import os
+import runpy
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, default_params, make_image_tree, run, split_cfg
+from tlpipe.raw import RawData
+from tlpipe.split import build_split, write_split_csv
+from tlpipe.stage import INTERRUPTED
+
+pytestmark = pytest.mark.robustness
+
+# Runs a stage script with one library function slowed down, so that a kill lands part way.
+SLOWED_STAGE = """
+import importlib, runpy, sys, time
+module, name, delay, script = sys.argv[1:5]
+target = importlib.import_module(module)
+original = getattr(target, name)
+
+def slow(*args, **kwargs):
+    time.sleep(float(delay))
+    return original(*args, **kwargs)
+
+setattr(target, name, slow)
+sys.argv = [script]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+def set_params(project: Path, **changes) -> None:
+    """changes: {'section__key': value}."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    for dotted, value in changes.items():
+        section, key = dotted.split("__")
+        params[section][key] = value
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def start(project: Path, script: str, slowed: tuple[str, str, float] | None = None) -> subprocess.Popen:
+    (project / "slowed_stage.py").write_text(SLOWED_STAGE)
+    command = [sys.executable, str(REPO / "stages" / script)]
+    if slowed:
+        command[1:1] = ["slowed_stage.py", slowed[0], slowed[1], str(slowed[2])]
+    return subprocess.Popen(command, cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True)
+
+
+def finish(process: subprocess.Popen) -> tuple[int, str]:
+    try:
+        _, err = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise
+    return process.returncode, err
+
+
+def wait_until(condition, process: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None or time.monotonic() > deadline:
+            os.killpg(process.pid, signal.SIGKILL)
+            raise AssertionError(f"stage ended or stalled before the kill:\n{process.communicate()[1][-2000:]}")
+        time.sleep(0.02)
+
+
+def kill(process: subprocess.Popen, how: str) -> None:
+    assert process.poll() is None, "the stage finished before it could be killed"
+    if how == "ctrl-c":  # the terminal signals the whole process group
+        os.killpg(process.pid, signal.SIGINT)
+    else:
+        process.send_signal(getattr(signal, how))
+
+
+def partials(folder: Path) -> list[Path]:
+    return sorted(folder.glob(".*.partial"))
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def check_killed(process: subprocess.Popen, how: str) -> None:
+    code, err = finish(process)
+    if how == "SIGKILL":
+        assert code == -signal.SIGKILL
+    else:
+        assert code == 130 and INTERRUPTED in err, err[-2000:]
+        assert "Traceback" not in err, err[-2000:]
+
+
+@pytest.fixture
+def resize_project(tmp_path):
+    params = default_params()
+    params["resize"] |= {"size": 16, "workers": 2}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    make_image_tree(tmp_path / "data" / "raw" / "set", {"a": 30, "b": 30})
+    table, _ = build_split(RawData(tmp_path / "data" / "raw"), split_cfg())
+    write_split_csv(table, tmp_path / "data" / "split.csv")
+    return tmp_path
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGINT", "ctrl-c", "SIGTERM"])
+def test_killed_resize_keeps_the_previous_cache_and_reruns_cleanly(resize_project, how):
+    project, data = resize_project, resize_project / "data"
+    assert finish(start(project, "resize.py"))[0] == 0
+    before = snapshot(data / "cache") | {"resize.json": snapshot(project / "metrics")["resize.json"]}
+    set_params(project, resize__size=24)
+    process = start(project, "resize.py", slowed=("tlpipe.cache", "decode", 0.05))
+    wait_until(lambda: any((p / "train.partial.npy").exists() for p in partials(data)), process)
+    time.sleep(0.3)
+    kill(process, how)
+    check_killed(process, how)
+    assert snapshot(data / "cache") | {"resize.json": snapshot(project / "metrics")["resize.json"]} == before
+    assert bool(partials(data)) == (how == "SIGKILL")  # only SIGKILL gives no chance to clean up
+    code, err = finish(start(project, "resize.py"))
+    assert code == 0, err
+    assert partials(data) == []
+    assert json.loads((project / "metrics" / "resize.json").read_text())["size"] == 24
+
+
+@pytest.fixture
+def torch_project(resize_project):
+    set_params(resize_project, backbone__weights="none", features__batch_size=4, features__device="cpu",
+               finetune__device="cpu", finetune__batch_size=8, finetune__epochs=30)
+    assert finish(start(resize_project, "resize.py"))[0] == 0
+    return resize_project
+
+
+def test_killed_extract_features_leaves_no_features_and_reruns_cleanly(torch_project):
+    data = torch_project / "data"
+    process = start(torch_project, "extract_features.py", slowed=("tlpipe.features", "to_float_images", 0.1))
+    wait_until(lambda: any((p / "train.npy").exists() for p in partials(data)), process, timeout=60)
+    kill(process, "SIGKILL")
+    check_killed(process, "SIGKILL")
+    assert not (data / "features").exists()
+    code, err = finish(start(torch_project, "extract_features.py"))
+    assert code == 0, err
+    assert partials(data) == [] and (data / "features" / "meta.json").exists()
+
+
+def test_interrupted_finetune_writes_no_model_and_reruns_cleanly(torch_project, monkeypatch):
+    monkeypatch.chdir(torch_project)
+    runpy.run_path(str(REPO / "stages" / "extract_features.py"))["main"]()
+    process = start(torch_project, "finetune.py")
+    wait_until(lambda: "epoch 0:" in (process.stdout.readline() or ""), process, timeout=60)
+    kill(process, "SIGINT")
+    check_killed(process, "SIGINT")
+    assert not (torch_project / "models").exists() or list((torch_project / "models").iterdir()) == []
+    assert not (torch_project / "metrics" / "finetune.json").exists()
+    set_params(torch_project, finetune__epochs=1)
+    code, err = finish(start(torch_project, "finetune.py"))
+    assert code == 0, err
+    assert (torch_project / "models" / "model.pt").exists() and partials(torch_project / "models") == []
+
+
+def new_dvc_project(project: Path, images: Path) -> Path:
+    project.mkdir()
+    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
+        shutil.copy(REPO / name, project / name)
+    shutil.copytree(REPO / "stages", project / "stages")
+    shutil.copytree(REPO / "tlpipe", project / "tlpipe", ignore=shutil.ignore_patterns("__pycache__"))
+    params = default_params()
+    params["data"]["source"] = f"path:{images}"
+    params["resize"]["size"] = 32
+    params["backbone"]["weights"] = "none"
+    params["features"]["batch_size"] = 32
+    params["finetune"] |= {"epochs": 2, "batch_size": 16}
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for command in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):
+        run(command, project)
+    return project
+
+
+def test_killed_stage_is_rerun_by_dvc_repro(tmp_path):
+    make_image_tree(tmp_path / "images", {"a": 30, "b": 30})
+    project = new_dvc_project(tmp_path / "project", tmp_path / "images")
+    run(["dvc", "repro", "split"], project)
+    process = start(project, "resize.py", slowed=("tlpipe.cache", "decode", 0.05))
+    wait_until(lambda: bool(partials(project / "data")), process)
+    kill(process, "SIGKILL")
+    check_killed(process, "SIGKILL")
+    assert "Running stage 'resize'" in run(["dvc", "repro", "resize"], project).stdout
+    assert partials(project / "data") == []
+    assert "up to date" in run(["dvc", "status", "resize"], project).stdout
+
+
+def metrics_rounded(project: Path) -> dict:
+    def rounded(value):
+        if isinstance(value, float):
+            return round(value, 4)
+        if isinstance(value, dict):
+            return {k: rounded(v) for k, v in value.items() if not k.endswith("_per_s")}
+        if isinstance(value, list):
+            return [rounded(v) for v in value]
+        return value
+
+    return {p.name: rounded(json.loads(p.read_text())) for p in sorted((project / "metrics").glob("*.json"))}
+
+
+@pytest.mark.slow
+def test_same_params_and_data_give_the_same_files_and_metrics(tmp_path):
+    make_image_tree(tmp_path / "images", {"a": 16, "b": 16, "c": 16})
+    projects = [new_dvc_project(tmp_path / name, tmp_path / "images") for name in ("one", "two")]
+    for project in projects:
+        run(["dvc", "repro"], project)
+    one, two = projects
+    assert (one / "data" / "split.csv").read_bytes() == (two / "data" / "split.csv").read_bytes()
+    assert snapshot(one / "data" / "cache") == snapshot(two / "data" / "cache")
+    assert metrics_rounded(one) == metrics_rounded(two)
+    assert metrics_rounded(one)["evaluate.json"]
