@@ -7,7 +7,7 @@ import torch
 from tlpipe import params
 from tlpipe.atomic import atomic_path, write_json
 from tlpipe.cache import load_classes, load_split
-from tlpipe.evaluation import (classification_metrics, confusion_rows, majority_baseline, pr_rows,
+from tlpipe.evaluation import (classification_metrics, confusion_rows, decide, majority_baseline, pr_rows,
                                roc_rows, tune_threshold)
 from tlpipe.finetune import load_model, predict_logits
 from tlpipe.heads import load_head, predict_proba
@@ -22,9 +22,10 @@ def _finetuned_probs(model: torch.nn.Module, cfg: dict, split: str) -> np.ndarra
     return torch.softmax(logits, 1).double().numpy()
 
 
-def _write_predictions(path: str, index: pd.DataFrame, probs: np.ndarray, classes: list[str]) -> None:
+def _write_predictions(path: str, index: pd.DataFrame, probs: np.ndarray, classes: list[str],
+                       threshold: float | None) -> None:
     table = index[["path", "label"]].copy()
-    table["predicted"] = [classes[i] for i in probs.argmax(1)]
+    table["predicted"] = decide(probs, classes, threshold)
     for i, name in enumerate(classes):
         table[f"prob_{name}"] = probs[:, i]
     with atomic_path(path) as tmp:
@@ -51,13 +52,14 @@ def main() -> None:
         for split in ("val", "test"):
             report[model_name][split] = classification_metrics(labels[split], probs[split], classes, threshold)
             report["baseline"][split] = majority_baseline(train_labels, labels[split], len(classes))
-            predicted = probs[split].argmax(1)
+            predicted = np.array([classes.index(c) for c in decide(probs[split], classes, threshold)], dtype=np.int64)
             write_json(f"plots/evaluate/confusion_{model_name}_{split}.json",
                        confusion_rows(labels[split], predicted, classes))
             if model_name == "finetune":
                 write_json(f"plots/evaluate/roc_{split}.json", roc_rows(labels[split], probs[split]))
                 write_json(f"plots/evaluate/pr_{split}.json", pr_rows(labels[split], probs[split]))
-            _write_predictions(f"data/predictions/{model_name}_{split}.csv", indexes[split], probs[split], classes)
+            _write_predictions(f"data/predictions/{model_name}_{split}.csv", indexes[split], probs[split], classes,
+                               threshold)
     write_json("metrics/evaluate.json", report)
     test = report["finetune"]["test"]
     print(f"evaluate: fine-tuned test accuracy {test['accuracy']}, head {report['head']['test']['accuracy']}")

@@ -7,7 +7,8 @@ from tlpipe import params
 from tlpipe.atomic import atomic_path, write_json
 from tlpipe.backbones import create_backbone
 from tlpipe.cache import load_classes, load_preprocess, load_split
-from tlpipe.finetune import Split, build_model, fit, model_checkpoint
+from tlpipe.evaluation import tune_threshold
+from tlpipe.finetune import Split, build_model, fit, model_checkpoint, predict_logits
 from tlpipe.runtime import pick_device, seed_everything, tune_malloc
 from tlpipe.stage import run
 
@@ -26,8 +27,12 @@ def main() -> None:
     device = pick_device(cfg["device"])
     result = fit(model, Split(train_images, train_labels), Split(val_images, val_labels), cfg,
                  len(classes), device)
+    threshold = None
+    if len(classes) == 2:
+        val_logits = predict_logits(model, val_images, cfg["batch_size"] * 2, device, cfg["channels_last"], amp=cfg["amp"])
+        threshold = tune_threshold(val_labels, torch.softmax(val_logits, 1)[:, 1].double().numpy())
     checkpoint = model_checkpoint(model.cpu(), p["backbone"]["name"], classes, load_preprocess("data/cache"),
-                                  cfg, result.best_epoch)
+                                  cfg, result.best_epoch, threshold)
     with atomic_path("models/model.pt") as tmp:
         torch.save(checkpoint, tmp)
     best = result.history[result.best_epoch] if result.history else {}

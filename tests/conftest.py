@@ -51,8 +51,11 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
 
 @pytest.fixture
 def dvc_project(tmp_path):
+    return make_dvc_project(tmp_path / "project")
+
+
+def make_dvc_project(project: Path) -> Path:
     """A fresh Git + DVC repository holding this project's pipeline (not its data or metrics)."""
-    project = tmp_path / "project"
     project.mkdir()
     for name in ("dvc.yaml", "params.yaml", ".gitignore", ".dvcignore"):
         shutil.copy(REPO / name, project / name)

@@ -2,6 +2,9 @@
 
 import argparse
 import sys
+from pathlib import Path
+
+import pandas as pd
 
 from tlpipe import params, presets
 from tlpipe.errors import TlpipeError
@@ -25,6 +28,34 @@ def preset(args: argparse.Namespace) -> None:
     print(f"{args.params}: preset '{args.name}' applied ({len(changes)} changes); run `dvc repro`.")
 
 
+def predict(args: argparse.Namespace) -> None:
+    from tlpipe.predict import predict as run_predict, write_csv
+    from tlpipe.runtime import pick_device, tune_malloc
+
+    tune_malloc()
+    table, skipped, meta = run_predict(args.paths, args.model, args.batch_size, pick_device(args.device), args.flip_tta)
+    write_csv(table, args.out)
+    rule = f"threshold {meta['threshold']:.4f} on prob_{meta['classes'][1]}" if meta.get("threshold") is not None else "argmax"
+    print(f"predict: {len(table)} images -> {args.out} (decision: {rule})")
+    if skipped:
+        skipped_csv = Path(args.out).with_suffix(".skipped.csv")
+        write_csv(pd.DataFrame(skipped), skipped_csv)
+        print(f"predict: {len(skipped)} files skipped, listed in {skipped_csv}:", file=sys.stderr)
+        for item in skipped[:20]:
+            print(f"  {item['path']}: {item['reason']}", file=sys.stderr)
+    if not len(table):
+        raise TlpipeError("predict: no readable image among the given paths.")
+
+
+def export(args: argparse.Namespace) -> None:
+    from tlpipe.export import export as run_export
+
+    sidecar = run_export(args.model, args.format, args.out, args.cache)
+    checked = sidecar["checked"]
+    print(f"export: {sidecar['model']} ({args.format}) matches PyTorch within {checked['max_abs_difference']:.1e} "
+          f"on {checked['on']}; preprocessing in {sidecar['model']}.json")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tlpipe", description=__doc__)
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -43,6 +74,35 @@ def build_parser() -> argparse.ArgumentParser:
     preset_parser.add_argument("--set-args", action="store_true",
                                help="print `dvc exp run -S ...` for the preset instead of editing params.yaml")
     preset_parser.set_defaults(func=preset)
+
+    predict_parser = verbs.add_parser(
+        "predict", help="classify new images with a trained model",
+        description="Classify image files, folders (searched recursively) and zip/tar archives with "
+                    "models/model.pt alone. Writes one CSV row per readable image: path, predicted class, "
+                    "probability per class (binary models apply the threshold chosen on validation). "
+                    "Unreadable or non-image files are listed with the reason, never fatal.")
+    predict_parser.add_argument("paths", nargs="+", metavar="PATH", help="image file, folder or zip/tar archive")
+    predict_parser.add_argument("--model", default="models/model.pt", help="model file (default: %(default)s)")
+    predict_parser.add_argument("--out", default="predictions.csv",
+                                help="CSV to write (default: %(default)s); skipped files go to OUT.skipped.csv")
+    predict_parser.add_argument("--batch-size", type=int, default=64, help="images per batch (default: %(default)s)")
+    predict_parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                                help="auto uses the GPU when there is one (default: %(default)s)")
+    predict_parser.add_argument("--flip-tta", action="store_true",
+                                help="average the predictions of each image and its mirror")
+    predict_parser.set_defaults(func=predict)
+
+    export_parser = verbs.add_parser(
+        "export", help="export the model to TorchScript or ONNX",
+        description="Export models/model.pt as a model that maps (N, 3, H, W) RGB floats in [0, 1] to class "
+                    "probabilities, check it against PyTorch on the test split (max difference 1e-4), and "
+                    "write the preprocessing beside it as OUT.json.")
+    export_parser.add_argument("--format", required=True, choices=("torchscript", "onnx"))
+    export_parser.add_argument("--model", default="models/model.pt", help="model file (default: %(default)s)")
+    export_parser.add_argument("--out", help="output file (default: models/model.torchscript.pt or models/model.onnx)")
+    export_parser.add_argument("--cache", default="data/cache",
+                               help="cache folder whose test split is used for the check (default: %(default)s)")
+    export_parser.set_defaults(func=export)
     return parser
 
 

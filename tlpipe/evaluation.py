@@ -119,3 +119,10 @@ def pr_rows(y_true: np.ndarray, probs: np.ndarray) -> list[dict]:
         return []
     precision, recall, _ = skm.precision_recall_curve(truth, score, drop_intermediate=True)
     return [{"recall": _clean(r), "precision": _clean(p)} for p, r in zip(precision, recall)]
+
+
+def decide(probs: np.ndarray, classes: list[str], threshold: float | None) -> list[str]:
+    """Argmax, or for a binary model the validated threshold on the second class's probability."""
+    if threshold is not None and len(classes) == 2:
+        return [classes[int(p >= threshold)] for p in probs[:, 1]]
+    return [classes[i] for i in probs.argmax(1)]

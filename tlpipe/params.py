@@ -119,6 +119,10 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "deterministic": BOOL,
         "seed": NON_NEGATIVE_INT,
     },
+    "report": {
+        "top_losses": POSITIVE_INT,
+        "gradcam_per_class": POSITIVE_INT,
+    },
     "evaluate": {
         "batch_size": POSITIVE_INT,
         "flip_tta": BOOL,

@@ -1,0 +1,53 @@
+"""report: pictures of the fine-tuned model on the test split -> plots/report/ (shown by `dvc plots show`)."""
+
+import numpy as np
+import pandas as pd
+
+from tlpipe import params
+from tlpipe.atomic import atomic_path, write_json
+from tlpipe.cache import load_split
+from tlpipe.errors import TlpipeError
+from tlpipe.finetune import load_model
+from tlpipe.report import gradcam_examples, grad_cam, grid, overlay, reliability_rows, top_losses
+from tlpipe.stage import run
+
+
+def _caption(row: pd.Series) -> str:
+    return f"true {row['label']}\npred {row['predicted']} p={row['prob_' + row['predicted']]:.2f}"
+
+
+def _save_png(image, path: str) -> None:
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+
+
+def main() -> None:
+    cfg = params.load()["report"]
+    model, meta = load_model("models/model.pt")
+    classes = meta["classes"]
+    images, _, index = load_split("data/cache", "test")
+    predictions = pd.read_csv("data/predictions/finetune_test.csv", dtype={"path": str, "label": str, "predicted": str})
+    if list(predictions["path"]) != list(index["path"]):
+        raise TlpipeError("data/predictions/finetune_test.csv is not in the order of data/cache/test.csv; "
+                           "run `dvc repro evaluate`.")
+
+    worst = top_losses(predictions, classes, cfg["top_losses"])
+    _save_png(grid([(np.asarray(images[r["row"]]), _caption(r)) for _, r in worst.iterrows()] or
+                   [(np.zeros((8, 8, 3), np.uint8), "no test images")]),
+              "plots/report/top_losses.png")
+
+    examples = gradcam_examples(predictions, classes, cfg["gradcam_per_class"])
+    tiles = []
+    if len(examples):
+        rows = examples["row"].to_numpy()
+        target = [classes.index(c) for c in examples["predicted"]]
+        heat = grad_cam(model, np.asarray(images[rows]), target)
+        tiles = [(overlay(np.asarray(images[r["row"]]), h), _caption(r)) for (_, r), h in zip(examples.iterrows(), heat)]
+    _save_png(grid(tiles or [(np.zeros((8, 8, 3), np.uint8), "no test images")]), "plots/report/gradcam.png")
+
+    write_json("plots/report/reliability.json", reliability_rows(predictions, classes))
+    print(f"report: {len(worst)} top losses, {len(tiles)} Grad-CAM images -> plots/report/")
+
+
+if __name__ == "__main__":
+    run(main)

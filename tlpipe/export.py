@@ -1,0 +1,99 @@
+"""`tlpipe export`: models/model.pt as TorchScript or ONNX that outputs class probabilities,
+checked against PyTorch on the test split, with the preprocessing written beside it as JSON."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from tlpipe.atomic import atomic_path
+from tlpipe.errors import TlpipeError
+from tlpipe.finetune import load_model
+from tlpipe.runtime import to_float_images
+
+TOLERANCE = 1e-4
+FORMATS = {"torchscript": ".torchscript.pt", "onnx": ".onnx"}
+
+
+class Probabilities(nn.Module):
+    """(N, 3, H, W) float RGB in [0, 1] -> (N, classes) probabilities; normalisation inside."""
+
+    def __init__(self, classifier: nn.Module):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.classifier(images), dim=1)
+
+
+def check_images(cache_dir: str | Path, size: int, limit: int) -> tuple[np.ndarray, str]:
+    """The test split's cached images (the first `limit`), or random ones when there is no cache."""
+    path = Path(cache_dir) / "test.npy"
+    if path.exists():
+        images = np.load(path, mmap_mode="r")
+        if images.shape[1] == size:
+            return np.ascontiguousarray(images[:limit]), f"{min(limit, len(images))} test images from {path}"
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, size=(8, size, size, 3), dtype=np.uint8), "8 random images (no test cache found)"
+
+
+def _export_torchscript(model: nn.Module, example: torch.Tensor, out: Path):
+    with torch.no_grad():
+        traced = torch.jit.trace(model, example)
+    traced.save(str(out))
+    loaded = torch.jit.load(str(out))
+    return lambda x: loaded(torch.from_numpy(x)).detach().numpy()
+
+
+def _export_onnx(model: nn.Module, example: torch.Tensor, out: Path):
+    try:
+        import onnxruntime
+    except ImportError:
+        raise TlpipeError("export --format onnx needs onnx and onnxruntime: pip install -e '.[export]'.") from None
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    torch.onnx.export(model, (example,), str(out), input_names=["images"], output_names=["probabilities"],
+                      dynamo=True, external_data=False, dynamic_shapes={"images": {0: batch}})
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    return lambda x: session.run(None, {"images": x})[0]
+
+
+def export(model_path: str | Path, fmt: str, out: str | Path | None = None, cache_dir: str | Path = "data/cache",
+           check_limit: int = 256) -> dict:
+    """Write the exported model and its JSON sidecar; raise if it drifts more than TOLERANCE."""
+    if fmt not in FORMATS:
+        raise TlpipeError(f"export: unknown format '{fmt}'; use {' or '.join(FORMATS)}.")
+    classifier, meta = load_model(model_path)
+    model = Probabilities(classifier).eval()
+    out = Path(out) if out else Path(model_path).with_suffix("").with_suffix(FORMATS[fmt])
+    images, described = check_images(cache_dir, meta["input_size"], check_limit)
+    x = to_float_images(images, torch.device("cpu"), channels_last=False).contiguous()
+    with torch.no_grad():
+        expected = model(x).numpy()
+    with atomic_path(out) as tmp:
+        run = (_export_torchscript if fmt == "torchscript" else _export_onnx)(model, x[:2], tmp)
+        got = np.concatenate([run(x[i:i + 64].numpy()) for i in range(0, len(x), 64)])
+        difference = float(np.abs(got - expected).max())
+        if difference > TOLERANCE:
+            raise TlpipeError(f"export: the {fmt} model differs from PyTorch by {difference:.2e} "
+                              f"(> {TOLERANCE}) on {described}; the file was not written.")
+    sidecar = {
+        "model": out.name,
+        "format": fmt,
+        "input": {"name": "images", "shape": ["batch", 3, meta["input_size"], meta["input_size"]],
+                  "dtype": "float32", "layout": "NCHW", "color": "RGB", "range": [0.0, 1.0],
+                  "normalisation": "done inside the model (mean/std below are for reference)",
+                  "mean": meta["mean"], "std": meta["std"]},
+        "preprocess": {**meta["preprocess"],
+                       "how": "decode, apply EXIF orientation, convert to RGB, resize to size x size by "
+                              "`mode` (squash | center-crop | pad), then `contrast` (none | equalize | "
+                              "autocontrast, as Pillow's ImageOps), divide by 255"},
+        "output": {"name": "probabilities", "classes": meta["classes"], "threshold": meta.get("threshold"),
+                   "decision": "argmax; for two classes: classes[1] if probabilities[:, 1] >= threshold"},
+        "checked": {"against": "PyTorch models/model.pt", "on": described, "max_abs_difference": difference,
+                    "tolerance": TOLERANCE},
+    }
+    with atomic_path(out.with_name(out.name + ".json")) as tmp:
+        tmp.write_text(json.dumps(sidecar, indent=2) + "\n")
+    return sidecar
