@@ -136,7 +136,7 @@ def predict_logits(model: nn.Module, images: np.ndarray, batch_size: int, device
 
 def evaluate(model: Classifier, data: Split, cfg: dict, device: torch.device) -> dict:
     logits = predict_logits(model, data.images, cfg["batch_size"] * 2, device, cfg["channels_last"], amp=cfg["amp"])
-    labels = torch.from_numpy(data.labels)
+    labels = torch.from_numpy(np.array(data.labels))
     predicted = logits.argmax(1).numpy()
     return {
         "val_loss": nn.functional.cross_entropy(logits, labels).item(),
