@@ -12,8 +12,13 @@ from tlpipe.report import gradcam_examples, grad_cam, grid, overlay, reliability
 from tlpipe.stage import run
 
 
-def _caption(row: pd.Series) -> str:
-    return f"true {row['label']}\npred {row['predicted']} p={row['prob_' + row['predicted']]:.2f}"
+def _caption(row: pd.Series, classes: list[str], threshold: float | None) -> str:
+    if threshold is None:
+        return f"true {row['label']}\npred {row['predicted']} p={row['prob_' + row['predicted']]:.2f}"
+    # Binary with a validated threshold: the positive class's probability against it explains the call.
+    positive = classes[1]
+    p = row[f"prob_{positive}"]
+    return f"true {row['label']}, pred {row['predicted']}\nP({positive})={p:.2f}, threshold {threshold:.2f}"
 
 
 def _save_png(image, path: str) -> None:
@@ -25,6 +30,7 @@ def main() -> None:
     cfg = params.load()["report"]
     model, meta = load_model("models/model.pt")
     classes = meta["classes"]
+    threshold = meta.get("threshold") if len(classes) == 2 else None
     images, _, index = load_split("data/cache", "test")
     predictions = pd.read_csv("data/predictions/finetune_test.csv", dtype={"path": str, "label": str, "predicted": str})
     if list(predictions["path"]) != list(index["path"]):
@@ -32,7 +38,7 @@ def main() -> None:
                            "run `dvc repro evaluate`.")
 
     worst = top_losses(predictions, classes, cfg["top_losses"])
-    _save_png(grid([(np.asarray(images[r["row"]]), _caption(r)) for _, r in worst.iterrows()] or
+    _save_png(grid([(np.asarray(images[r["row"]]), _caption(r, classes, threshold)) for _, r in worst.iterrows()] or
                    [(np.zeros((8, 8, 3), np.uint8), "no test images")]),
               "plots/report/top_losses.png")
 
@@ -42,7 +48,7 @@ def main() -> None:
         rows = examples["row"].to_numpy()
         target = [classes.index(c) for c in examples["predicted"]]
         heat = grad_cam(model, np.asarray(images[rows]), target)
-        tiles = [(overlay(np.asarray(images[r["row"]]), h), _caption(r)) for (_, r), h in zip(examples.iterrows(), heat)]
+        tiles = [(overlay(np.asarray(images[r["row"]]), h), _caption(r, classes, threshold)) for (_, r), h in zip(examples.iterrows(), heat)]
     _save_png(grid(tiles or [(np.zeros((8, 8, 3), np.uint8), "no test images")]), "plots/report/gradcam.png")
 
     write_json("plots/report/reliability.json", reliability_rows(predictions, classes))
