@@ -32,6 +32,13 @@ def _write_predictions(path: str, index: pd.DataFrame, probs: np.ndarray, classe
         table.to_csv(tmp, index=False, lineterminator="\n", float_format="%.6f")
 
 
+def _accuracy_text(metrics: dict) -> str:
+    text = f"{metrics['accuracy']:.4f}"
+    if "at_val_threshold" in metrics:
+        text += f" (at the validated threshold {metrics['at_val_threshold']['accuracy']:.4f})"
+    return text
+
+
 def main() -> None:
     tune_malloc()
     cfg = params.load()["evaluate"]
@@ -62,7 +69,7 @@ def main() -> None:
                                threshold)
     write_json("metrics/evaluate.json", report)
     test = report["finetune"]["test"]
-    print(f"evaluate: fine-tuned test accuracy {test['accuracy']}, head {report['head']['test']['accuracy']}")
+    print(f"evaluate: test accuracy fine-tuned {_accuracy_text(test)}, head {_accuracy_text(report['head']['test'])}")
 
 
 if __name__ == "__main__":
