@@ -54,7 +54,14 @@ def start(project: Path, script: str, slowed: tuple[str, str, float] | None = No
     if slowed:
         command[1:1] = ["slowed_stage.py", slowed[0], slowed[1], str(slowed[2])]
     return subprocess.Popen(command, cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True)
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True,
+                            preexec_fn=_as_a_terminal_job)
+
+
+def _as_a_terminal_job() -> None:
+    # A job started in the background by a non-interactive shell (as CI may start the tests)
+    # inherits SIGINT ignored, and a stage rightly honours that; a user at a terminal does not.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def finish(process: subprocess.Popen) -> tuple[int, str]:
