@@ -1,0 +1,96 @@
+"""The chest X-ray table of the README (issue 7), from a clean checkout.
+
+Clones this repository's HEAD into a work folder, applies the `chest-xray-pneumonia` preset with
+`data.source: path:<the zip>`, runs `dvc repro` once, timed, and prints the head-only and the
+fine-tuned model on the official test split at the threshold chosen on validation, as a
+Markdown table.
+
+    python benchmarks/bench_chest.py [--data ZIP] [--work DIR] [--set finetune.epochs=8 ...]
+
+`--set KEY=VALUE` changes one param after the preset (as `dvc exp run -S` would), for the
+variants the README compares. The test split is only read by the evaluate stage; nothing here
+chooses anything from it.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+COLUMNS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity")
+
+
+def checkout(work: Path) -> Path:
+    project = work / "chest"
+    if project.exists():
+        shutil.rmtree(project)
+    subprocess.run(["git", "clone", "-q", str(common.REPO), str(project)], check=True)
+    return project
+
+
+def apply_params(project: Path, data: Path, overrides: list[str]) -> None:
+    def tlpipe(*args):
+        subprocess.run([sys.executable, "-m", "tlpipe.cli", *args], cwd=project, check=True,
+                       env=env(project), stdout=subprocess.DEVNULL)
+
+    tlpipe("preset", "chest-xray-pneumonia", "--source", f"path:{data}")
+    if overrides:
+        from ruamel.yaml import YAML
+
+        yaml = YAML()
+        params = yaml.load(project / "params.yaml")
+        for item in overrides:
+            key, _, value = item.partition("=")
+            section, name = key.split(".", 1)
+            if name not in params[section]:
+                sys.exit(f"--set {item}: no param {key} in params.yaml")
+            params[section][name] = yaml.load(value)
+        yaml.dump(params, project / "params.yaml")
+
+
+def env(project: Path) -> dict:
+    import os
+
+    return {**os.environ, "PYTHONPATH": str(project)}
+
+
+def row(name: str, split: dict) -> str:
+    at = split["at_val_threshold"]
+    cells = [f"{at[c]:.3f}" for c in COLUMNS] + [f"{split['roc_auc']:.3f}", f"{at['threshold']:.3f}"]
+    return f"| {name} | " + " | ".join(cells) + " |"
+
+
+def main() -> int:
+    p = common.parser(__doc__.splitlines()[0])
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = p.parse_args()
+    data = common.check_data(args.data)
+    project = checkout(args.work)
+    apply_params(project, data, args.overrides)
+
+    start = time.perf_counter()
+    subprocess.run(["dvc", "repro", "--quiet"], cwd=project, check=True, env=env(project))
+    minutes = (time.perf_counter() - start) / 60
+
+    metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
+    fit = json.loads((project / "metrics" / "finetune.json").read_text())
+    print(f"\nchest X-ray pneumonia, official test split (n={metrics['finetune']['test']['n']}), "
+          f"threshold chosen on validation; {common.machine()}")
+    print(f"dvc repro: {minutes:.1f} min; finetune best epoch {fit['best_epoch']} of {fit['epochs_run']}"
+          + (f"; overrides: {' '.join(args.overrides)}" if args.overrides else ""))
+    print("\n| model | accuracy | balanced acc. | sensitivity | specificity | ROC AUC | threshold |")
+    print("|---|---|---|---|---|---|---|")
+    for name, key in (("head only (logistic regression on frozen features)", "head"),
+                      ("fine-tuned", "finetune")):
+        print(row(f"{name}, validation", metrics[key]["val"]))
+        print(row(f"{name}, **test**", metrics[key]["test"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
