@@ -7,7 +7,7 @@ Markdown table.
 
     python benchmarks/bench_chest.py [--data ZIP] [--work DIR] [--set finetune.epochs=8 ...]
 
-`--set KEY=VALUE` changes one param after the preset (as `dvc exp run -S` would), for the
+`--quick` trains 2 epochs instead of the preset's 8. `--set KEY=VALUE` changes one param after the preset (as `dvc exp run -S` would), for the
 variants the README compares. The test split is only read by the evaluate stage; nothing here
 chooses anything from it.
 """
@@ -69,6 +69,8 @@ def main() -> int:
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args()
+    if args.quick:
+        args.overrides.append("finetune.epochs=2")
     data = common.check_data(args.data)
     project = checkout(args.work)
     apply_params(project, data, args.overrides)
