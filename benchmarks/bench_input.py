@@ -114,12 +114,10 @@ def child_dataloader(work: Path, data: Path, n: int) -> dict:
 
 
 def measure(kind: str, args, n: int) -> dict:
-    cmd = [sys.executable, __file__, "--child", kind, "--n", str(n), "--data", str(args.data), "--work", str(args.work)]
-    out, wall, peak = common.run_measured(cmd)
-    result = common.result_line(out)
-    result |= {"wall": wall, "rate": result["images"] / result["seconds"]}
+    result = common.measure_child(__file__, args, kind, "--n", str(n))
     print(f"  {kind:11s} {result['images']:5d} images: {result['rate']:7.0f} img/s "
-          f"({result['seconds']:.2f} s timed, {wall:.2f} s process), peak tree RSS {peak / 2**20:.0f} MiB", flush=True)
+          f"({result['seconds']:.2f} s timed, {result['wall']:.2f} s process), "
+          f"peak tree RSS {result['peak_rss'] / 2**20:.0f} MiB", flush=True)
     return result
 
 

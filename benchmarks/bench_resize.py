@@ -66,13 +66,10 @@ def sample(work: Path, data: Path, n: int):
 
 
 def measure(kind: str, args, n: int, size: int) -> dict:
-    cmd = [sys.executable, __file__, "--child", kind, "--n", str(n), "--size", str(size),
-           "--data", str(args.data), "--work", str(args.work)]
-    out, wall, peak = common.run_measured(cmd)
-    result = common.result_line(out)
-    result |= {"wall": wall, "peak_rss": peak, "rate": result["images"] / result["seconds"]}
+    result = common.measure_child(__file__, args, kind, "--n", str(n), "--size", str(size))
     print(f"  {kind:8s} {size:4d} px {result['images']:5d} images: {result['rate']:7.0f} img/s "
-          f"({result['seconds']:.2f} s timed, {wall:.2f} s process), peak tree RSS {peak / 2**20:.0f} MiB", flush=True)
+          f"({result['seconds']:.2f} s timed, {result['wall']:.2f} s process), "
+          f"peak tree RSS {result['peak_rss'] / 2**20:.0f} MiB", flush=True)
     return result
 
 

@@ -195,6 +195,15 @@ def result_line(stdout: str, tag: str = "RESULT") -> dict:
     raise RuntimeError(f"no {tag} line in:\n{stdout[-2000:]}")
 
 
+def measure_child(script: str, args, kind: str, *extra: str) -> dict:
+    """Run `script --child KIND` in a fresh process: its RESULT line plus the process's wall time,
+    the peak RSS of its process tree and images/s over the timed part."""
+    cmd = [sys.executable, script, "--child", kind, "--data", str(args.data), "--work", str(args.work), *extra]
+    out, wall, peak = run_measured(cmd)
+    result = result_line(out)
+    return result | {"wall": wall, "peak_rss": peak, "rate": result["images"] / result["seconds"]}
+
+
 # ---------------------------------------------------------------- the final summary
 
 class Summary:
