@@ -124,3 +124,32 @@ def test_model_file_that_is_not_ours_is_refused(tmp_path):
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(TlpipeError, match="not a tlpipe model file"):
         ft.load_model(tmp_path / "other.pt")
+
+
+def test_ema_weights_are_validated_and_kept(monkeypatch):
+    decay, raw, validated = 0.6, [], []
+
+    class RecordingAverage(ft.AveragedModel):
+        def update_parameters(self, model):
+            raw.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+            super().update_parameters(model)
+
+    def scripted_evaluate(model, data, cfg, device):
+        validated.append(model)
+        return {"val_loss": 1.0 - len(validated) / 10, "val_accuracy": 0.5, "val_balanced_accuracy": 0.5}
+
+    monkeypatch.setattr(ft, "AveragedModel", RecordingAverage)
+    monkeypatch.setattr(ft, "evaluate", scripted_evaluate)
+    model, _ = tiny_model()
+    result = ft.fit(model, tiny_data(16, 0), tiny_data(8, 1), tiny_cfg(epochs=2, ema_decay=decay), 2,
+                    torch.device("cpu"), log=lambda _: None)
+    assert result.best_epoch == 1 and len(raw) == 4  # 2 epochs x 2 batches
+    assert all(m is validated[0] and m is not model for m in validated)  # the average, not the raw model
+    for key, value in model.state_dict().items():
+        if not value.is_floating_point():
+            continue
+        expected = raw[0][key]
+        for step in raw[1:]:
+            expected = decay * expected + (1 - decay) * step[key]
+        assert torch.allclose(value, expected, atol=1e-6), key
+    assert any(not torch.equal(model.state_dict()[k], raw[-1][k]) for k in raw[-1])

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from sklearn.metrics import balanced_accuracy_score, cohen_kappa_score
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from tlpipe.augment import Augment
 from tlpipe.backbones import Backbone, Classifier, block_groups, create_backbone, make_head
@@ -96,7 +97,8 @@ def _sample_order(labels: np.ndarray, balanced: bool, generator: torch.Generator
 
 
 def train_one_epoch(model: Classifier, data: Split, optimizer, scheduler, loss_fn, augment: Augment,
-                    cfg: dict, epoch: int, device: torch.device, generator: torch.Generator) -> dict:
+                    cfg: dict, epoch: int, device: torch.device, generator: torch.Generator,
+                    average: AveragedModel | None = None) -> dict:
     set_trainable(model, epoch, cfg)
     order = _sample_order(data.labels, cfg["class_balance"] == "sampler", generator).numpy()
     total_loss, seen, start = 0.0, 0, time.perf_counter()
@@ -113,6 +115,8 @@ def train_one_epoch(model: Classifier, data: Split, optimizer, scheduler, loss_f
         loss.backward()
         optimizer.step()
         scheduler.step()
+        if average is not None:
+            average.update_parameters(model)
         total_loss += loss.item() * len(idx)
         seen += len(idx)
     elapsed = time.perf_counter() - start
@@ -172,17 +176,23 @@ def fit(model: Classifier, train: Split, val: Split, cfg: dict, num_classes: int
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=[g["lr"] for g in groups], total_steps=max(1, cfg["epochs"] * steps_per_epoch))
     augment = Augment(cfg["aug_scale_min"], flip=cfg["aug_flip"], rotation=cfg["aug_rotation"], jitter=cfg["aug_jitter"])
+    # An exponential moving average of the weights (ema_decay > 0) is what gets validated and kept:
+    # averaged weights sit in flatter minima and tend to carry better to shifted test data.
+    average = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg["ema_decay"]), use_buffers=True)
+               if cfg["ema_decay"] > 0 else None)
+    validated = average.module if average is not None else model
     metric = cfg["early_stop_metric"]
     result = FitResult(copy.deepcopy(model.state_dict()), best_epoch=-1)
     best, since_best = None, 0
     for epoch in range(cfg["epochs"]):
         row = {"step": epoch, "lr": optimizer.param_groups[0]["lr"]}
         try:
-            row |= train_one_epoch(model, train, optimizer, scheduler, loss_fn, augment, cfg, epoch, device, generator)
+            row |= train_one_epoch(model, train, optimizer, scheduler, loss_fn, augment, cfg, epoch, device, generator,
+                                   average)
         except torch.cuda.OutOfMemoryError:
             raise TlpipeError(f"finetune: out of GPU memory at batch size {cfg['batch_size']}; "
                               f"try finetune.batch_size: {max(1, cfg['batch_size'] // 2)}.") from None
-        row |= evaluate(model, val, cfg, device)
+        row |= evaluate(validated, val, cfg, device)
         result.history.append(row)
         improved = _is_better(metric, row[metric], best)
         log(f"epoch {epoch}: train_loss {row['train_loss']:.4f} val_loss {row['val_loss']:.4f} "
@@ -190,7 +200,7 @@ def fit(model: Classifier, train: Split, val: Split, cfg: dict, num_classes: int
             + (" *best" if improved else ""))
         if improved:
             best, since_best = row[metric], 0
-            result.state_dict, result.best_epoch = copy.deepcopy(model.state_dict()), epoch
+            result.state_dict, result.best_epoch = copy.deepcopy(validated.state_dict()), epoch
         elif epoch >= cfg["freeze_epochs"]:  # the dip right after unfreezing is not a reason to stop
             since_best += 1
             if cfg["patience"] and since_best >= cfg["patience"]:

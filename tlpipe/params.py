@@ -102,6 +102,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "layer_decay": Spec(NUM, min=0, max=1, min_exclusive=True),
         "weight_decay": NON_NEGATIVE,
         "label_smoothing": Spec(NUM, min=0, max=0.5),
+        "ema_decay": Spec(NUM, min=0, max=0.9999),
         "class_balance": Spec(str, choices=("none", "weights", "sampler")),
         "bn_policy": Spec(str, choices=("train", "freeze")),
         "head_init": Spec(str, choices=("probe", "random")),
