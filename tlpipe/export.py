@@ -11,7 +11,7 @@ from torch import nn
 from tlpipe.atomic import atomic_path
 from tlpipe.errors import TlpipeError
 from tlpipe.finetune import load_model
-from tlpipe.runtime import to_float_images
+from tlpipe.runtime import batches, to_float_images
 
 TOLERANCE = 1e-4
 FORMATS = {"torchscript": ".torchscript.pt", "onnx": ".onnx"}
@@ -28,13 +28,13 @@ class Probabilities(nn.Module):
         return torch.softmax(self.classifier(images), dim=1)
 
 
-def check_images(cache_dir: str | Path, size: int, limit: int) -> tuple[np.ndarray, str]:
-    """The test split's cached images (the first `limit`), or random ones when there is no cache."""
+def check_images(cache_dir: str | Path, size: int) -> tuple[np.ndarray, str]:
+    """The whole test split's cached images (memory-mapped), or random ones when there is no cache."""
     path = Path(cache_dir) / "test.npy"
     if path.exists():
         images = np.load(path, mmap_mode="r")
-        if images.shape[1] == size:
-            return np.ascontiguousarray(images[:limit]), f"{min(limit, len(images))} test images from {path}"
+        if len(images) and images.shape[1] == size:
+            return images, f"all {len(images)} test images from {path}"
     rng = np.random.default_rng(0)
     return rng.integers(0, 256, size=(8, size, size, 3), dtype=np.uint8), "8 random images (no test cache found)"
 
@@ -59,22 +59,26 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, out: Path):
     return lambda x: session.run(None, {"images": x})[0]
 
 
-def export(model_path: str | Path, fmt: str, out: str | Path | None = None, cache_dir: str | Path = "data/cache",
-           check_limit: int = 256) -> dict:
+def export(model_path: str | Path, fmt: str, out: str | Path | None = None, cache_dir: str | Path = "data/cache") -> dict:
     """Write the exported model and its JSON sidecar; raise if it drifts more than TOLERANCE."""
     if fmt not in FORMATS:
         raise TlpipeError(f"export: unknown format '{fmt}'; use {' or '.join(FORMATS)}.")
     classifier, meta = load_model(model_path)
     model = Probabilities(classifier).eval()
     out = Path(out) if out else Path(model_path).with_suffix("").with_suffix(FORMATS[fmt])
-    images, described = check_images(cache_dir, meta["input_size"], check_limit)
-    x = to_float_images(images, torch.device("cpu"), channels_last=False).contiguous()
-    with torch.no_grad():
-        expected = model(x).numpy()
+    images, described = check_images(cache_dir, meta["input_size"])
+
+    def floats(part) -> torch.Tensor:
+        return to_float_images(images[part], torch.device("cpu"), channels_last=False).contiguous()
+
     with atomic_path(out) as tmp:
-        run = (_export_torchscript if fmt == "torchscript" else _export_onnx)(model, x[:2], tmp)
-        got = np.concatenate([run(x[i:i + 64].numpy()) for i in range(0, len(x), 64)])
-        difference = float(np.abs(got - expected).max())
+        run = (_export_torchscript if fmt == "torchscript" else _export_onnx)(model, floats(slice(0, 2)), tmp)
+        difference = 0.0
+        for part in batches(len(images), 64):
+            x = floats(part)
+            with torch.no_grad():
+                expected = model(x).numpy()
+            difference = max(difference, float(np.abs(run(x.numpy()) - expected).max()))
         if difference > TOLERANCE:
             raise TlpipeError(f"export: the {fmt} model differs from PyTorch by {difference:.2e} "
                               f"(> {TOLERANCE}) on {described}; the file was not written.")
