@@ -125,7 +125,7 @@ def test_killed_resize_keeps_the_previous_cache_and_reruns_cleanly(resize_projec
     assert finish(start(project, "resize.py"))[0] == 0
     before = snapshot(data / "cache") | {"resize.json": snapshot(project / "metrics")["resize.json"]}
     set_params(project, resize__size=24)
-    process = start(project, "resize.py", slowed=("tlpipe.cache", "decode", 0.05))
+    process = start(project, "resize.py", slowed=("tlpipe.cache", "decode_or_reason", 0.05))
     wait_until(lambda: any((p / "train.partial.npy").exists() for p in partials(data)), process)
     time.sleep(0.3)
     kill(process, how)
@@ -195,7 +195,7 @@ def test_killed_stage_is_rerun_by_dvc_repro(tmp_path):
     make_image_tree(tmp_path / "images", {"a": 30, "b": 30})
     project = new_dvc_project(tmp_path / "project", tmp_path / "images")
     run(["dvc", "repro", "split"], project)
-    process = start(project, "resize.py", slowed=("tlpipe.cache", "decode", 0.05))
+    process = start(project, "resize.py", slowed=("tlpipe.cache", "decode_or_reason", 0.05))
     wait_until(lambda: bool(partials(project / "data")), process)
     kill(process, "SIGKILL")
     check_killed(process, "SIGKILL")

@@ -16,12 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from tlpipe.atomic import atomic_path
 from tlpipe.errors import TlpipeError
-from tlpipe.images import decode
+from tlpipe.images import decode_or_reason
 from tlpipe.raw import RawData
 from tlpipe.split import SPLITS
 
@@ -38,27 +37,12 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
         data, offset = data[written:], offset + written
 
 
-def _decode_one(content: bytes | Exception, size: int, mode: str, contrast: str) -> tuple[np.ndarray | None, str | None]:
-    if isinstance(content, Exception):
-        return None, f"unreadable file: {content}"
-    if not content:
-        return None, "empty file (0 bytes)"
-    try:
-        return decode(content, size, mode, contrast), None
-    except Image.DecompressionBombError as error:
-        return None, f"decompression bomb guard: {error}"
-    except UnidentifiedImageError:  # its message holds a memory address: not reproducible
-        return None, "not an image Pillow can read (unknown format, or not an image at all)"
-    except Exception as error:  # noqa: BLE001 - any decoder failure is a per-file report
-        return None, f"{type(error).__name__}: {error}"
-
-
 def _decode_chunk(task: tuple[int, str, str, list[tuple[int, str, bytes | Exception, str, int]]]):
     """Decode a chunk of images and write each to `file` at `offset`; return (row, path, error) each."""
     size, mode, contrast, jobs = task
     done = []
     for row, path, content, file, offset in jobs:
-        pixels, error = _decode_one(content, size, mode, contrast)
+        pixels, error = decode_or_reason(content, size, mode, contrast)
         if error is None:
             fd = _open_files.get(file)
             if fd is None:

@@ -3,7 +3,7 @@
 import io
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 RESAMPLE = Image.Resampling.BILINEAR
 
@@ -72,3 +72,19 @@ def decode(content: bytes, size: int, mode: str, contrast: str = "none") -> np.n
     image = ImageOps.exif_transpose(image)
     image = _to_rgb(image)
     return np.asarray(normalize_contrast(fit(image, size, mode), contrast), dtype=np.uint8)
+
+
+def decode_or_reason(content: bytes | Exception, size: int, mode: str, contrast: str) -> tuple[np.ndarray | None, str | None]:
+    """(pixels, None) for a readable image; (None, why not) for anything else: the per-file report."""
+    if isinstance(content, Exception):
+        return None, f"unreadable file: {content}"
+    if not content:
+        return None, "empty file (0 bytes)"
+    try:
+        return decode(content, size, mode, contrast), None
+    except Image.DecompressionBombError as error:
+        return None, f"decompression bomb guard: {error}"
+    except UnidentifiedImageError:  # its message holds a memory address: not reproducible
+        return None, "not an image Pillow can read (unknown format, or not an image at all)"
+    except Exception as error:  # noqa: BLE001 - any decoder failure is a per-file report
+        return None, f"{type(error).__name__}: {error}"

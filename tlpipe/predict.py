@@ -11,14 +11,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from tlpipe.atomic import atomic_path
 from tlpipe.errors import TlpipeError
 from tlpipe.evaluation import decide
 from tlpipe.finetune import load_model, predict_logits
-from tlpipe.images import decode
+from tlpipe.images import decode_or_reason
 from tlpipe.raw import RawData, archive_members, is_archive, is_litter
 from tlpipe.split import IMAGE_SUFFIXES
 
@@ -77,16 +76,11 @@ def collect_inputs(paths: list[str | Path]) -> Inputs:
 def _decoded(inputs: Inputs, preprocess: dict, skipped: list[dict]) -> Iterator[tuple[str, np.ndarray]]:
     for raw, paths, prefix in inputs.groups:
         for path, content in raw.iter_bytes(paths):
-            shown = prefix + path
-            if isinstance(content, Exception):
-                skipped.append({"path": shown, "reason": f"unreadable file: {content}"})
-                continue
-            try:
-                yield shown, decode(content, preprocess["size"], preprocess["mode"], preprocess["contrast"])
-            except Image.DecompressionBombError as error:
-                skipped.append({"path": shown, "reason": f"decompression bomb guard: {error}"})
-            except Exception as error:  # noqa: BLE001 - any decoder failure is a per-file report
-                skipped.append({"path": shown, "reason": f"{type(error).__name__}: {error}"})
+            pixels, reason = decode_or_reason(content, preprocess["size"], preprocess["mode"], preprocess["contrast"])
+            if reason is None:
+                yield prefix + path, pixels
+            else:
+                skipped.append({"path": prefix + path, "reason": reason})
 
 
 def predict(paths: list[str | Path], model_path: str | Path, batch_size: int, device: torch.device,
