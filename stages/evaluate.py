@@ -25,7 +25,7 @@ def _finetuned_probs(model: torch.nn.Module, cfg: dict, split: str) -> np.ndarra
 def _write_predictions(path: str, index: pd.DataFrame, probs: np.ndarray, classes: list[str],
                        threshold: float | None) -> None:
     table = index[["path", "label"]].copy()
-    table["predicted"] = decide(probs, classes, threshold)
+    table["predicted"] = [classes[i] for i in decide(probs, threshold)]
     for i, name in enumerate(classes):
         table[f"prob_{name}"] = probs[:, i]
     with atomic_path(path) as tmp:
@@ -59,7 +59,7 @@ def main() -> None:
         for split in ("val", "test"):
             report[model_name][split] = classification_metrics(labels[split], probs[split], classes, threshold)
             report["baseline"][split] = majority_baseline(train_labels, labels[split], len(classes))
-            predicted = np.array([classes.index(c) for c in decide(probs[split], classes, threshold)], dtype=np.int64)
+            predicted = decide(probs[split], threshold)
             write_json(f"plots/evaluate/confusion_{model_name}_{split}.json",
                        confusion_rows(labels[split], predicted, classes))
             if model_name == "finetune":

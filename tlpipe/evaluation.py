@@ -121,8 +121,9 @@ def pr_rows(y_true: np.ndarray, probs: np.ndarray) -> list[dict]:
     return [{"recall": _clean(r), "precision": _clean(p)} for p, r in zip(precision, recall)]
 
 
-def decide(probs: np.ndarray, classes: list[str], threshold: float | None) -> list[str]:
-    """Argmax, or for a binary model the validated threshold on the second class's probability."""
-    if threshold is not None and len(classes) == 2:
-        return [classes[int(p >= threshold)] for p in probs[:, 1]]
-    return [classes[i] for i in probs.argmax(1)]
+def decide(probs: np.ndarray, threshold: float | None) -> np.ndarray:
+    """Class indices: argmax, or for a binary model whether the second class's probability reaches
+    the threshold chosen on validation."""
+    if threshold is not None and probs.shape[1] == 2:
+        return (probs[:, 1] >= threshold).astype(np.int64)
+    return probs.argmax(1)

@@ -109,7 +109,7 @@ def predict(paths: list[str | Path], model_path: str | Path, batch_size: int, de
         flush()
     classes = meta["classes"]
     probs = np.concatenate(chunks) if chunks else np.zeros((0, len(classes)))
-    table = pd.DataFrame({"path": names, "predicted": decide(probs, classes, meta.get("threshold"))})
+    table = pd.DataFrame({"path": names, "predicted": [classes[i] for i in decide(probs, meta.get("threshold"))]})
     for i, name in enumerate(classes):
         table[f"prob_{name}"] = probs[:, i]
     return table, sorted(skipped, key=lambda s: s["path"]), meta
