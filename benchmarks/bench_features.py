@@ -39,9 +39,9 @@ def child_stage(work: Path, data: Path, n: int) -> dict:
     # The imports and calls of stages/extract_features.py main(), in that order.
     from torch import nn
 
-    from tlpipe.backbones import Classifier, create_backbone
-    from tlpipe.cache import load_split
-    from tlpipe.features import extract_features
+    from tlpipe.model.backbones import Classifier, create_backbone
+    from tlpipe.data.cache import load_split
+    from tlpipe.train.features import extract_features
     from tlpipe.runtime import pick_device, tune_malloc
 
     tune_malloc()
@@ -61,8 +61,8 @@ def child_bare(work: Path, data: Path, n: int, tuned: bool, channels_last: bool)
     import numpy as np
     import torch
 
-    from tlpipe.backbones import create_backbone
-    from tlpipe.cache import load_split
+    from tlpipe.model.backbones import create_backbone
+    from tlpipe.data.cache import load_split
     from tlpipe.runtime import tune_malloc
 
     if tuned:

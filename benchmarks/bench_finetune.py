@@ -33,10 +33,10 @@ def _train_rate(backbone_name: str, cache: Path, batches: int, batch_size: int, 
     import yaml
     from torch import nn
 
-    from tlpipe.augment import Augment
-    from tlpipe.backbones import create_backbone
-    from tlpipe.cache import load_classes, load_split
-    from tlpipe.finetune import Split, build_model, param_groups, train_one_epoch
+    from tlpipe.train.augment import Augment
+    from tlpipe.model.backbones import create_backbone
+    from tlpipe.data.cache import load_classes, load_split
+    from tlpipe.train.finetune import Split, build_model, param_groups, train_one_epoch
     from tlpipe.runtime import pick_device
 
     cfg = yaml.safe_load((common.REPO / "params.yaml").read_text())["finetune"]
@@ -86,9 +86,9 @@ def child_gpu(work: Path, data: Path, batches: int) -> dict:
     import torch
     from torch import nn
 
-    from tlpipe.backbones import Classifier, create_backbone
-    from tlpipe.cache import load_split
-    from tlpipe.features import extract_features
+    from tlpipe.model.backbones import Classifier, create_backbone
+    from tlpipe.data.cache import load_split
+    from tlpipe.train.features import extract_features
 
     torch.backends.cudnn.benchmark = True
     cache = common.cache_folder(work, data, 224)

@@ -40,7 +40,7 @@ def chosen_rows(work: Path, data: Path, n: int):
     """Sorted row numbers of the cached train split that both sides read: all, or a seeded sample."""
     import numpy as np
 
-    from tlpipe.cache import load_split
+    from tlpipe.data.cache import load_split
 
     _, labels, _ = load_split(common.cache_folder(work, data, SIZE), "train")
     if n >= len(labels):
@@ -52,8 +52,8 @@ def child_stage(work: Path, data: Path, n: int, full_augment: bool) -> dict:
     import numpy as np
     import torch
 
-    from tlpipe.augment import Augment
-    from tlpipe.cache import load_split
+    from tlpipe.train.augment import Augment
+    from tlpipe.data.cache import load_split
     from tlpipe.runtime import batches, to_float_images, tune_malloc
 
     tune_malloc()  # as stages/finetune.py does first
@@ -87,7 +87,7 @@ def child_dataloader(work: Path, data: Path, n: int) -> dict:
     from torchvision.transforms import v2
 
     cfg = finetune_defaults()
-    from tlpipe.cache import load_split
+    from tlpipe.data.cache import load_split
 
     _, _, index = load_split(common.cache_folder(work, data, SIZE), "train")
     prefix = data.name + "/"

@@ -44,8 +44,8 @@ def child_baseline(work: Path, data: Path, n: int, size: int) -> dict:
 
 
 def child_stage(work: Path, data: Path, n: int, size: int) -> dict:
-    from tlpipe.cache import build_cache
-    from tlpipe.raw import RawData
+    from tlpipe.data.resize import build_cache
+    from tlpipe.data.raw import RawData
 
     table = sample(work, data, n)
     raw = common.raw_folder(work, data)

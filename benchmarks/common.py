@@ -96,8 +96,8 @@ def split_table(work: Path, data: Path):
 
     import yaml
 
-    from tlpipe.raw import RawData
-    from tlpipe.split import build_split, write_split_csv
+    from tlpipe.data.raw import RawData
+    from tlpipe.data.split import build_split, write_split_csv
 
     path = work / "split.csv"
     if not path.exists():
@@ -110,8 +110,8 @@ def split_table(work: Path, data: Path):
 
 def cache_folder(work: Path, data: Path, size: int) -> Path:
     """data/cache as the resize stage makes it at `size` px, cached between runs."""
-    from tlpipe.cache import build_cache
-    from tlpipe.raw import RawData
+    from tlpipe.data.resize import build_cache
+    from tlpipe.data.raw import RawData
 
     out = work / f"cache-{size}"
     if not (out / "classes.json").exists():

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from tlpipe import params
-from tlpipe.download import fetch
+from tlpipe.data.sources import fetch
 from tlpipe.stage import run
 
 

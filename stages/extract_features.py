@@ -8,11 +8,12 @@ from torch import nn
 
 from tlpipe import params
 from tlpipe.atomic import atomic_path
-from tlpipe.backbones import Classifier, create_backbone
-from tlpipe.cache import load_split
-from tlpipe.features import extract_features
+from tlpipe.model.backbones import create_backbone
+from tlpipe.model.classifier import Classifier
+from tlpipe.data.cache import load_split
+from tlpipe.train.features import extract_features
 from tlpipe.runtime import pick_device, tune_malloc
-from tlpipe.split import SPLITS
+from tlpipe.data import SPLITS
 from tlpipe.stage import run
 
 

@@ -5,10 +5,12 @@ import torch
 
 from tlpipe import params
 from tlpipe.atomic import atomic_path, write_json
-from tlpipe.backbones import create_backbone
-from tlpipe.cache import load_classes, load_preprocess, load_split
-from tlpipe.evaluation import tune_threshold
-from tlpipe.finetune import Split, build_model, fit, model_checkpoint, predict_logits
+from tlpipe.model.backbones import create_backbone
+from tlpipe.data.cache import load_classes, load_preprocess, load_split
+from tlpipe.model.decision import fit_threshold
+from tlpipe.model.inference import image_probabilities
+from tlpipe.model.modelfile import model_checkpoint
+from tlpipe.train.finetune import Features, Split, build_model, fit
 from tlpipe.runtime import pick_device, seed_everything, tune_malloc
 from tlpipe.stage import run
 
@@ -22,15 +24,14 @@ def main() -> None:
     train_images, train_labels, _ = load_split("data/cache", "train")
     val_images, val_labels, _ = load_split("data/cache", "val")
     backbone = create_backbone(p["backbone"]["name"], p["backbone"]["weights"])
-    probe = Split(np.load("data/features/train.npy"), np.load("data/features/train_labels.npy"))
+    probe = Features(np.load("data/features/train.npy"), np.load("data/features/train_labels.npy"))
     model = build_model(backbone, len(classes), cfg, probe)
     device = pick_device(cfg["device"])
     result = fit(model, Split(train_images, train_labels), Split(val_images, val_labels), cfg,
                  len(classes), device)
     threshold = None
-    if len(classes) == 2:
-        val_logits = predict_logits(model, val_images, cfg["batch_size"] * 2, device, cfg["channels_last"], amp=cfg["amp"])
-        threshold = tune_threshold(val_labels, torch.softmax(val_logits, 1)[:, 1].double().numpy())
+    if len(classes) == 2:  # the rule is chosen here, on validation, and stored in model.pt for every user of it
+        threshold = fit_threshold(val_labels, image_probabilities(model, val_images, cfg["batch_size"] * 2, device))
     checkpoint = model_checkpoint(model.cpu(), p["backbone"]["name"], classes, load_preprocess("data/cache"),
                                   cfg, result.best_epoch, threshold)
     with atomic_path("models/model.pt") as tmp:

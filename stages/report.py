@@ -5,10 +5,12 @@ import pandas as pd
 
 from tlpipe import params
 from tlpipe.atomic import atomic_path, write_json
-from tlpipe.cache import load_split
+from tlpipe.data.cache import load_split
 from tlpipe.errors import TlpipeError
-from tlpipe.finetune import load_model
-from tlpipe.report import gradcam_examples, grad_cam, grid, overlay, reliability_rows, top_losses
+from tlpipe.model.modelfile import load_model
+from tlpipe.use.plots import reliability_rows
+from tlpipe.use.predictions import label_indices, probabilities, read_table
+from tlpipe.use.report import gradcam_examples, grad_cam, grid, overlay, top_losses
 from tlpipe.stage import run
 
 
@@ -32,7 +34,7 @@ def main() -> None:
     classes = meta["classes"]
     threshold = meta.get("threshold") if len(classes) == 2 else None
     images, _, index = load_split("data/cache", "test")
-    predictions = pd.read_csv("data/predictions/finetune_test.csv", dtype={"path": str, "label": str, "predicted": str})
+    predictions = read_table("data/predictions/finetune_test.csv")
     if list(predictions["path"]) != list(index["path"]):
         raise TlpipeError("data/predictions/finetune_test.csv is not in the order of data/cache/test.csv; "
                            "run `dvc repro evaluate`.")
@@ -51,7 +53,8 @@ def main() -> None:
         tiles = [(overlay(np.asarray(images[r["row"]]), h), _caption(r, classes, threshold)) for (_, r), h in zip(examples.iterrows(), heat)]
     _save_png(grid(tiles or [(np.zeros((8, 8, 3), np.uint8), "no test images")]), "plots/report/gradcam.png")
 
-    write_json("plots/report/reliability.json", reliability_rows(predictions, classes))
+    write_json("plots/report/reliability.json",
+               reliability_rows(label_indices(predictions, classes), probabilities(predictions, classes)))
     print(f"report: {len(worst)} top losses, {len(tiles)} Grad-CAM images -> plots/report/")
 
 

@@ -6,8 +6,8 @@ import pandas as pd
 
 from tlpipe import params
 from tlpipe.atomic import write_json
-from tlpipe.cache import build_cache
-from tlpipe.raw import RawData
+from tlpipe.data.resize import build_cache
+from tlpipe.data.raw import RawData
 from tlpipe.stage import run
 
 

@@ -2,8 +2,8 @@
 
 from tlpipe import params
 from tlpipe.atomic import atomic_path, write_json
-from tlpipe.raw import RawData
-from tlpipe.split import build_split, split_metrics, write_split_csv
+from tlpipe.data.raw import RawData
+from tlpipe.data.split import build_split, split_metrics, write_split_csv
 from tlpipe.stage import run
 
 

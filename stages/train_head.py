@@ -5,8 +5,8 @@ import torch
 
 from tlpipe import params
 from tlpipe.atomic import atomic_path, write_json
-from tlpipe.cache import load_classes
-from tlpipe.heads import train_head
+from tlpipe.data.cache import load_classes
+from tlpipe.train.head import train_head
 from tlpipe.stage import run
 
 

@@ -7,10 +7,11 @@ import pytest
 from PIL import Image
 
 from conftest import make_image_tree, split_cfg
-from tlpipe.cache import build_cache, load_classes, load_split
+from tlpipe.data.cache import load_classes, load_split
+from tlpipe.data.resize import build_cache
 from tlpipe.errors import TlpipeError
-from tlpipe.raw import RawData
-from tlpipe.split import build_split
+from tlpipe.data.raw import RawData
+from tlpipe.data.split import build_split
 
 
 def tree_with_bad_files(tmp_path, n_bad: int):

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from conftest import make_image_tree, png_bytes
-from tlpipe.download import fetch
+from tlpipe.data.sources import fetch
 from tlpipe.errors import TlpipeError
 
 

@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from tlpipe.evaluation import (classification_metrics, confusion_rows, expected_calibration_error,
-                               majority_baseline, roc_rows, tune_threshold)
+from tlpipe.model.decision import tune_threshold
+from tlpipe.use.metrics import classification_metrics, expected_calibration_error, majority_baseline
+from tlpipe.use.plots import confusion_rows, roc_rows
 
 CLASSES = ["cat", "dog", "fox"]
 Y = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 2])

@@ -5,10 +5,12 @@ import pytest
 import torch
 
 from conftest import default_params
-from tlpipe import finetune as ft
-from tlpipe.backbones import block_groups, create_backbone
+from tlpipe.train import finetune as ft
+from tlpipe.model.backbones import block_groups, create_backbone
 from tlpipe.errors import TlpipeError
-from tlpipe.heads import fit_logreg
+from tlpipe.model.inference import predict_logits
+from tlpipe.model.modelfile import load_model, model_checkpoint
+from tlpipe.train.head import fit_logreg
 
 
 def tiny_data(n: int, seed: int, size: int = 32) -> ft.Split:
@@ -29,7 +31,7 @@ def tiny_model(head_init: str = "random", weights: str = "none"):
     torch.manual_seed(0)
     backbone = create_backbone("efficientnet_lite0", weights)
     features = np.random.default_rng(0).normal(size=(8, backbone.num_features)).astype(np.float32)
-    probe = ft.Split(features, np.array([0, 1] * 4))
+    probe = ft.Features(features, np.array([0, 1] * 4))
     return ft.build_model(backbone, 2, tiny_cfg(head_init=head_init), probe), probe
 
 
@@ -42,7 +44,7 @@ def test_best_checkpoint_is_kept_not_the_last(monkeypatch):
         snapshots.append(copy.deepcopy(model.state_dict()))
         return {"val_loss": next(scripted), "val_accuracy": 0.5, "val_balanced_accuracy": 0.5}
 
-    monkeypatch.setattr(ft, "evaluate", scripted_evaluate)
+    monkeypatch.setattr(ft, "validate", scripted_evaluate)
     result = ft.fit(model, tiny_data(16, 0), tiny_data(8, 1), tiny_cfg(epochs=4), 2, torch.device("cpu"), log=lambda _: None)
     assert result.best_epoch == 1
     for key, value in model.state_dict().items():
@@ -53,7 +55,7 @@ def test_best_checkpoint_is_kept_not_the_last(monkeypatch):
 def test_early_stopping_after_patience(monkeypatch):
     model, _ = tiny_model()
     scripted = iter([0.5, 0.6, 0.7, 0.8, 0.9])
-    monkeypatch.setattr(ft, "evaluate", lambda *a: {"val_loss": next(scripted), "val_accuracy": 0, "val_balanced_accuracy": 0})
+    monkeypatch.setattr(ft, "validate", lambda *a: {"val_loss": next(scripted), "val_accuracy": 0, "val_balanced_accuracy": 0})
     result = ft.fit(model, tiny_data(16, 0), tiny_data(8, 1), tiny_cfg(epochs=5, patience=2), 2,
                     torch.device("cpu"), log=lambda _: None)
     assert len(result.history) == 3 and result.best_epoch == 0
@@ -90,16 +92,16 @@ def test_unfreeze_last_blocks_and_discriminative_rates():
 def test_probe_head_init_is_the_logistic_regression_on_the_features():
     model, probe = tiny_model(head_init="probe")
     cfg = tiny_cfg()
-    expected = fit_logreg(probe.images, probe.labels, 2, cfg["probe_C"], True, cfg["seed"])
+    expected = fit_logreg(probe.values, probe.labels, 2, cfg["probe_C"], True, cfg["seed"])
     assert torch.equal(model.head.weight, expected.weight)
-    assert (model.head(torch.from_numpy(probe.images)).argmax(1).numpy() == probe.labels).all()
+    assert (model.head(torch.from_numpy(probe.values)).argmax(1).numpy() == probe.labels).all()
     random_model, _ = tiny_model(head_init="random")
     assert not torch.equal(random_model.head.weight, expected.weight)
 
 
 def test_probe_on_features_of_another_backbone_is_refused():
     backbone = create_backbone("efficientnet_lite0", "none")
-    wrong = ft.Split(np.zeros((4, 7), np.float32), np.array([0, 1, 0, 1]))
+    wrong = ft.Features(np.zeros((4, 7), np.float32), np.array([0, 1, 0, 1]))
     with pytest.raises(TlpipeError, match="run `dvc repro` so that extract-features reruns"):
         ft.build_model(backbone, 2, tiny_cfg(head_init="probe"), wrong)
 
@@ -110,20 +112,20 @@ def test_training_learns_a_separable_task_and_model_file_reproduces_it(tmp_path)
     ft.fit(model, train, val, tiny_cfg(epochs=4, aug_rotation=0, aug_jitter=0, early_stop_metric="val_accuracy"),
            2, torch.device("cpu"),
            log=lambda _: None)
-    logits = ft.predict_logits(model, val.images, 16, torch.device("cpu"))
+    logits = predict_logits(model, val.images, 16, torch.device("cpu"))
     assert (logits.argmax(1).numpy() == val.labels).mean() >= 0.8  # chance: 0.5
     preprocess = {"size": 32, "mode": "squash", "contrast": "none"}
-    checkpoint = ft.model_checkpoint(model, "efficientnet_lite0", ["a", "b"], preprocess, tiny_cfg(), 3)
+    checkpoint = model_checkpoint(model, "efficientnet_lite0", ["a", "b"], preprocess, tiny_cfg(), 3)
     torch.save(checkpoint, tmp_path / "model.pt")
-    loaded, meta = ft.load_model(tmp_path / "model.pt")
+    loaded, meta = load_model(tmp_path / "model.pt")
     assert meta["classes"] == ["a", "b"] and meta["input_size"] == 32 and meta["preprocess"] == preprocess
-    assert torch.allclose(ft.predict_logits(loaded, val.images, 16, torch.device("cpu")), logits, atol=1e-5)
+    assert torch.allclose(predict_logits(loaded, val.images, 16, torch.device("cpu")), logits, atol=1e-5)
 
 
 def test_model_file_that_is_not_ours_is_refused(tmp_path):
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(TlpipeError, match="not a tlpipe model file"):
-        ft.load_model(tmp_path / "other.pt")
+        load_model(tmp_path / "other.pt")
 
 
 def test_ema_weights_are_validated_and_kept(monkeypatch):
@@ -139,7 +141,7 @@ def test_ema_weights_are_validated_and_kept(monkeypatch):
         return {"val_loss": 1.0 - len(validated) / 10, "val_accuracy": 0.5, "val_balanced_accuracy": 0.5}
 
     monkeypatch.setattr(ft, "AveragedModel", RecordingAverage)
-    monkeypatch.setattr(ft, "evaluate", scripted_evaluate)
+    monkeypatch.setattr(ft, "validate", scripted_evaluate)
     model, _ = tiny_model()
     result = ft.fit(model, tiny_data(16, 0), tiny_data(8, 1), tiny_cfg(epochs=2, ema_decay=decay), 2,
                     torch.device("cpu"), log=lambda _: None)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tlpipe.images import decode
+from tlpipe.data.images import decode
 
 
 def encode(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:

@@ -10,10 +10,10 @@ from kagglesdk import kaggle_env
 
 from conftest import png_bytes
 from kaggle_fake import FakeKaggle
-from tlpipe import kaggle_source
-from tlpipe.download import fetch
+from tlpipe.data import kaggle as kaggle_source
+from tlpipe.data.sources import fetch
 from tlpipe.errors import TlpipeError
-from tlpipe.kaggle_source import download_kaggle_dataset
+from tlpipe.data.kaggle import download_kaggle_dataset
 
 USER = "tester"
 SECRET = "s3cr3t-f4ke-kaggle-key-0123456789abcdef"

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from tlpipe.errors import TlpipeError
-from tlpipe.lite_weights import LITE_INPUT_SIZE, LITE_MEAN_STD, efficientnet_lite, to_timm_state_dict
+from tlpipe.model.lite_weights import LITE_INPUT_SIZE, LITE_MEAN_STD, efficientnet_lite, to_timm_state_dict
 
 CAT_CLASSES = range(281, 286)  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat
 ESPRESSO = 967

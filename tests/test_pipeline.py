@@ -10,8 +10,9 @@ import torch
 import yaml
 
 from conftest import make_image_tree, run
-from tlpipe.cache import load_split
-from tlpipe.finetune import load_model, predict_logits
+from tlpipe.data.cache import load_split
+from tlpipe.model.inference import predict_logits
+from tlpipe.model.modelfile import load_model
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import png_bytes
 from tlpipe.errors import TlpipeError
-from tlpipe.raw import RawData
+from tlpipe.data.raw import RawData
 
 
 def add_tar_member(tf: tarfile.TarFile, name: str, data: bytes = b"", **kwargs) -> None:

@@ -2,8 +2,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tlpipe.backbones import create_backbone, make_head, Classifier
-from tlpipe.report import gradcam_examples, grad_cam, grid, reliability_rows, top_losses
+from tlpipe.model.backbones import create_backbone
+from tlpipe.model.classifier import Classifier, make_head
+from tlpipe.use.plots import reliability_rows
+from tlpipe.use.predictions import label_indices, probabilities
+from tlpipe.use.report import gradcam_examples, grad_cam, grid, top_losses
 
 
 def predictions() -> pd.DataFrame:
@@ -23,7 +26,8 @@ def test_top_losses_are_the_confidently_wrong_ones_first():
 
 
 def test_reliability_bins_count_every_prediction():
-    rows = reliability_rows(predictions(), ["cat", "dog"], bins=5)
+    table, classes = predictions(), ["cat", "dog"]
+    rows = reliability_rows(label_indices(table, classes), probabilities(table, classes), bins=5)
     assert sum(r["count"] for r in rows) == 4
     top, = [r for r in rows if r["confidence"] > 0.8]
     assert np.isclose(top["confidence"], 0.85) and top["accuracy"] == 0.5 and top["count"] == 2
@@ -37,7 +41,7 @@ def test_gradcam_examples_pick_right_and_wrong_per_class():
 def test_grad_cam_gives_one_normalised_map_per_image():
     torch.manual_seed(0)
     backbone = create_backbone("efficientnet_lite0", "none")
-    model = Classifier(backbone.body, make_head("logreg", backbone.num_features, 2, 0, 0), backbone.mean, backbone.std)
+    model = Classifier(backbone.body, make_head(backbone.num_features, 2), backbone.mean, backbone.std)
     images = np.random.default_rng(0).integers(0, 255, size=(3, 64, 64, 3), dtype=np.uint8)
     heat = grad_cam(model, images, [0, 1, 1])
     assert heat.shape == (3, 64, 64) and heat.min() >= 0 and np.isclose(heat.max(), 1, atol=1e-5)

@@ -19,10 +19,10 @@ import pytest
 from PIL import Image
 
 from conftest import make_image_tree, png_bytes, split_cfg
-from tlpipe.cache import build_cache
+from tlpipe.data.resize import build_cache
 from tlpipe.errors import TlpipeError
-from tlpipe.raw import RawData, printable
-from tlpipe.split import build_split, split_metrics
+from tlpipe.data.raw import RawData, printable
+from tlpipe.data.split import build_split, split_metrics
 
 pytestmark = pytest.mark.robustness
 
@@ -219,8 +219,8 @@ def test_empty_class_folder_is_reported(outcome):
 
 
 def test_pillow_bomb_guard_is_still_on_after_importing_tlpipe():
-    import tlpipe.cache  # noqa: F401
-    import tlpipe.images  # noqa: F401
+    import tlpipe.data.cache  # noqa: F401
+    import tlpipe.data.images  # noqa: F401
 
     assert Image.MAX_IMAGE_PIXELS == 89_478_485
 

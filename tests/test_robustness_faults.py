@@ -19,14 +19,15 @@ from torch import nn
 
 from conftest import REPO, default_params, make_image_tree, split_cfg
 from tlpipe import cli, stage
-from tlpipe import finetune as ft
+from tlpipe.model import modelfile
+from tlpipe.train import finetune as ft
 from tlpipe.atomic import atomic_path, write_json
-from tlpipe.backbones import create_backbone
-from tlpipe.cache import build_cache
-from tlpipe.download import fetch
+from tlpipe.model.backbones import create_backbone
+from tlpipe.data.resize import build_cache
+from tlpipe.data.sources import fetch
 from tlpipe.errors import TlpipeError
-from tlpipe.raw import RawData
-from tlpipe.split import build_split
+from tlpipe.data.raw import RawData
+from tlpipe.data.split import build_split
 
 pytestmark = pytest.mark.robustness
 
@@ -87,7 +88,7 @@ def test_full_disk_while_downloading_is_not_blamed_on_the_network(tmp_path, monk
             raise ENOSPC
 
     monkeypatch.setattr("urllib.request.urlopen", lambda url, timeout: Response(bytes(4096)))
-    monkeypatch.setattr("tlpipe.download.open", lambda path, mode: FullFile(), raising=False)
+    monkeypatch.setattr("tlpipe.data.sources.open", lambda path, mode: FullFile(), raising=False)
     with pytest.raises(TlpipeError, match=r"raw: no space left on device") as error:
         fetch("url:https://example.org/set.zip", tmp_path / "raw")
     assert "network" not in str(error.value)
@@ -126,20 +127,13 @@ def tiny_split(n: int, seed: int) -> ft.Split:
 FIT_CFG = {"epochs": 2, "freeze_epochs": 0, "batch_size": 8, "device": "cpu", "patience": 0}
 
 
-def test_out_of_gpu_memory_in_finetune_says_which_batch_size_to_try(monkeypatch):
-    def out_of_memory(*args, **kwargs):
-        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-
-    monkeypatch.setattr(ft, "train_one_epoch", out_of_memory)
-    cfg = default_params()["finetune"] | FIT_CFG | {"batch_size": 64}
-    with pytest.raises(TlpipeError, match=r"out of GPU memory at batch size 64; try finetune.batch_size: 32"):
-        ft.fit(random_head_model(), tiny_split(16, 0), tiny_split(8, 1), cfg, 2, torch.device("cpu"), log=lambda _: None)
-
-
-def test_out_of_gpu_memory_in_any_torch_stage_names_its_batch_size(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("script, section", [("extract_features", "features"), ("finetune", "finetune"),
+                                             ("evaluate", "evaluate")])
+def test_out_of_gpu_memory_in_any_torch_stage_names_its_batch_size(tmp_path, monkeypatch, capsys, script, section):
+    """One owner for the advice: stage.run, whichever stage ran out (finetune.fit lets it through)."""
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(default_params()))
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["stages/extract_features.py"])
+    monkeypatch.setattr(sys, "argv", [f"stages/{script}.py"])
     previous = signal.getsignal(signal.SIGTERM)
 
     def main():
@@ -150,9 +144,9 @@ def test_out_of_gpu_memory_in_any_torch_stage_names_its_batch_size(tmp_path, mon
             stage.run(main)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    batch = default_params()["features"]["batch_size"]
+    batch = default_params()[section]["batch_size"]
     assert exit_info.value.code == 2
-    assert f"try features.batch_size: {batch // 2} (now {batch})" in capsys.readouterr().err
+    assert f"try {section}.batch_size: {batch // 2} (now {batch})" in capsys.readouterr().err
 
 
 class InfiniteLossAfter(nn.Module):
@@ -190,11 +184,11 @@ class RunsCode:
 @pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
 def test_tampered_model_file_is_refused_without_running_its_code(tmp_path, writer):
     marker = tmp_path / "pwned"
-    payload = {"format": ft.MODEL_FORMAT, "state_dict": RunsCode(marker)}
+    payload = {"format": modelfile.MODEL_FORMAT, "state_dict": RunsCode(marker)}
     with open(tmp_path / "model.pt", "wb") as f:
         torch.save(payload, f) if writer == "torch.save" else pickle.dump(payload, f, protocol=2)
     with pytest.raises(TlpipeError, match=r"model\.pt: refused: .*weights_only=True"):
-        ft.load_model(tmp_path / "model.pt")
+        modelfile.load_model(tmp_path / "model.pt")
     assert not marker.exists()
 
 

@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from conftest import REPO, default_params, make_image_tree, run, split_cfg
-from tlpipe.raw import RawData
-from tlpipe.split import build_split, write_split_csv
+from tlpipe.data.raw import RawData
+from tlpipe.data.split import build_split, write_split_csv
 from tlpipe.stage import INTERRUPTED
 
 pytestmark = pytest.mark.robustness
@@ -125,7 +125,7 @@ def test_killed_resize_keeps_the_previous_cache_and_reruns_cleanly(resize_projec
     assert finish(start(project, "resize.py"))[0] == 0
     before = snapshot(data / "cache") | {"resize.json": snapshot(project / "metrics")["resize.json"]}
     set_params(project, resize__size=24)
-    process = start(project, "resize.py", slowed=("tlpipe.cache", "decode_or_reason", 0.05))
+    process = start(project, "resize.py", slowed=("tlpipe.data.resize", "decode_or_reason", 0.05))
     wait_until(lambda: any((p / "train.partial.npy").exists() for p in partials(data)), process)
     time.sleep(0.3)
     kill(process, how)
@@ -148,7 +148,7 @@ def torch_project(resize_project):
 
 def test_killed_extract_features_leaves_no_features_and_reruns_cleanly(torch_project):
     data = torch_project / "data"
-    process = start(torch_project, "extract_features.py", slowed=("tlpipe.features", "to_float_images", 0.1))
+    process = start(torch_project, "extract_features.py", slowed=("tlpipe.train.features", "to_float_images", 0.1))
     wait_until(lambda: any((p / "train.npy").exists() for p in partials(data)), process, timeout=60)
     kill(process, "SIGKILL")
     check_killed(process, "SIGKILL")
@@ -195,7 +195,7 @@ def test_killed_stage_is_rerun_by_dvc_repro(tmp_path):
     make_image_tree(tmp_path / "images", {"a": 30, "b": 30})
     project = new_dvc_project(tmp_path / "project", tmp_path / "images")
     run(["dvc", "repro", "split"], project)
-    process = start(project, "resize.py", slowed=("tlpipe.cache", "decode_or_reason", 0.05))
+    process = start(project, "resize.py", slowed=("tlpipe.data.resize", "decode_or_reason", 0.05))
     wait_until(lambda: bool(partials(project / "data")), process)
     kill(process, "SIGKILL")
     check_killed(process, "SIGKILL")

@@ -8,8 +8,8 @@ import pytest
 
 from conftest import make_image_tree, png_bytes, split_cfg
 from tlpipe.errors import TlpipeError
-from tlpipe.raw import RawData
-from tlpipe.split import build_split, split_metrics, write_split_csv
+from tlpipe.data.raw import RawData
+from tlpipe.data.split import build_split, split_metrics, write_split_csv
 
 CHEST_ZIP = Path(__file__).resolve().parents[2] / "shared" / "data" / "chest-xray-pneumonia-224.zip"
 

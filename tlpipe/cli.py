@@ -29,17 +29,18 @@ def preset(args: argparse.Namespace) -> None:
 
 
 def predict(args: argparse.Namespace) -> None:
-    from tlpipe.predict import predict as run_predict, write_csv
+    from tlpipe.use.predict import predict as run_predict
+    from tlpipe.use.predictions import write_table
     from tlpipe.runtime import pick_device, tune_malloc
 
     tune_malloc()
     table, skipped, meta = run_predict(args.paths, args.model, args.batch_size, pick_device(args.device), args.flip_tta)
-    write_csv(table, args.out)
+    write_table(table, args.out)
     rule = f"threshold {meta['threshold']:.4f} on prob_{meta['classes'][1]}" if meta.get("threshold") is not None else "argmax"
     print(f"predict: {len(table)} images -> {args.out} (decision: {rule})")
     if skipped:
         skipped_csv = Path(args.out).with_suffix(".skipped.csv")
-        write_csv(pd.DataFrame(skipped), skipped_csv)
+        write_table(pd.DataFrame(skipped), skipped_csv)
         print(f"predict: {len(skipped)} files skipped, listed in {skipped_csv}:", file=sys.stderr)
         for item in skipped[:20]:
             print(f"  {item['path']}: {item['reason']}", file=sys.stderr)
@@ -48,7 +49,7 @@ def predict(args: argparse.Namespace) -> None:
 
 
 def export(args: argparse.Namespace) -> None:
-    from tlpipe.export import export as run_export
+    from tlpipe.use.export import export as run_export
 
     sidecar = run_export(args.model, args.format, args.out, args.cache)
     checked = sidecar["checked"]

@@ -5,7 +5,6 @@ spans two carved splits; a split the data set ships (train/ test/ folders or a s
 is kept; every file left out is listed with the reason.
 """
 
-import hashlib
 import io
 import re
 import warnings
@@ -17,12 +16,13 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from tlpipe.errors import TlpipeError
-from tlpipe.raw import RawData, is_litter
+from tlpipe.data import SPLITS
+from tlpipe.data.duplicates import handle_duplicates
+from tlpipe.data.images import is_image_name
+from tlpipe.data.raw import RawData, is_litter
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 SPLIT_ALIASES = {"train": "train", "training": "train", "test": "test", "testing": "test",
                  "val": "val", "valid": "val", "validation": "val"}
-SPLITS = ("train", "val", "test")
 COLUMNS = ["path", "label", "split", "group"]
 
 
@@ -102,7 +102,7 @@ def list_images(raw: RawData, cfg: dict, report: SplitReport) -> pd.DataFrame:
         if is_litter(entry.path):
             report.skip(entry.path, "hidden or system file")
             continue
-        if path.suffix.lower() not in IMAGE_SUFFIXES:
+        if not is_image_name(entry.path):
             report.skip(entry.path, f"not an image file ('{path.suffix or path.name}')")
             continue
         shipped, group = _shipped_split(entry.path), None
@@ -137,77 +137,6 @@ def list_images(raw: RawData, cfg: dict, report: SplitReport) -> pd.DataFrame:
     if table is not None:
         report.labels_without_file = sorted(set(table.index) - seen_ids)
     return pd.DataFrame(rows, columns=["path", "label", "shipped", "group"])
-
-
-def _content_hashes(raw: RawData, paths: list[str], report: SplitReport) -> dict[str, str]:
-    hashes = {}
-    for path, content in raw.iter_bytes(paths):
-        if isinstance(content, Exception):
-            report.skip(path, f"unreadable: {content}")
-        else:
-            hashes[path] = hashlib.blake2b(content, digest_size=16).hexdigest()
-    return hashes
-
-
-def _union_groups(images: pd.DataFrame) -> pd.Series:
-    """Merge the groups of rows that share content, so that carving never separates copies."""
-    parent: dict[str, str] = {}
-
-    def root(group: str) -> str:
-        while parent.get(group, group) != group:
-            group = parent[group]
-        return group
-
-    for _, copies in images.groupby("hash", sort=False):
-        first = root(copies["group"].iloc[0])
-        for group in copies["group"].iloc[1:]:
-            other = root(group)
-            if other != first:
-                parent[other] = first
-    return images["group"].map(root)
-
-
-def handle_duplicates(images: pd.DataFrame, raw: RawData, cfg: dict, report: SplitReport) -> pd.DataFrame:
-    """Find identical image content and decide, per copy, to keep, group or drop it.
-
-    - the same file name twice in one split (a nested copy of the tree): one copy is kept;
-    - other copies in one split are kept, and put in one group so carving never separates them;
-    - copies across shipped splits are reported, or dropped from the side we learn from;
-    - copies with different labels cannot all be right: all are dropped.
-    """
-    hashes = _content_hashes(raw, images["path"].tolist(), report)
-    images = images[images["path"].isin(hashes)].copy()
-    images["hash"] = images["path"].map(hashes)
-    rank = images["shipped"].map({"test": 0, "val": 1, "train": 2}).fillna(3)
-    images = images.assign(_rank=rank, _depth=images["path"].str.count("/"))
-    images = images.sort_values(["hash", "_rank", "_depth", "path"])
-    keep = []
-    for _, copies in images.groupby("hash", sort=False):
-        if copies["label"].nunique() > 1:
-            labels = ", ".join(f"{p} ({l})" for p, l in zip(copies["path"], copies["label"]))
-            for path in copies["path"]:
-                report.skip(path, f"same image content with different labels: {labels}")
-            continue
-        first = copies.iloc[0]
-        kept_names = {(first["shipped"], PurePosixPath(first["path"]).name)}
-        keep.append(first.name)
-        for _, other in copies.iloc[1:].iterrows():
-            name_key = (other["shipped"], PurePosixPath(other["path"]).name)
-            if name_key in kept_names:
-                report.skip(other["path"], f"copy of {first['path']} (same name and content)")
-            elif other["shipped"] != first["shipped"] and cfg["cross_split_duplicates"] == "drop":
-                report.skip(other["path"], f"same image as {first['path']} ({first['shipped']} split)")
-            else:
-                keep.append(other.name)
-                kept_names.add(name_key)
-                entry = {"path": other["path"], "same_as": first["path"]}
-                if other["shipped"] != first["shipped"]:
-                    report.cross_split_duplicates.append(entry)
-                else:
-                    report.duplicates.append(entry)
-    images = images.loc[sorted(keep)].drop(columns=["_rank", "_depth"])
-    images["group"] = _union_groups(images)
-    return images
 
 
 def carve(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:

@@ -13,13 +13,12 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from tlpipe.atomic import atomic_path
 from tlpipe.errors import TlpipeError
-from tlpipe.evaluation import decide
-from tlpipe.finetune import load_model, predict_logits
-from tlpipe.images import decode_or_reason
-from tlpipe.raw import RawData, archive_members, is_archive, is_litter
-from tlpipe.split import IMAGE_SUFFIXES
+from tlpipe.data.images import decode_or_reason, is_image_name
+from tlpipe.data.raw import RawData, archive_members, is_archive, is_litter
+from tlpipe.model.inference import image_probabilities
+from tlpipe.model.modelfile import load_model
+from tlpipe.use.predictions import make_table
 
 
 @dataclass
@@ -30,10 +29,6 @@ class Inputs:
 
     def __len__(self) -> int:
         return sum(len(paths) for _, paths, _ in self.groups)
-
-
-def _is_image(path: str) -> bool:
-    return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
 def _prefix(folder: Path) -> str:
@@ -65,7 +60,7 @@ def collect_inputs(paths: list[str | Path]) -> Inputs:
         for entry in entries:
             if is_litter(entry.path):
                 inputs.skipped.append({"path": prefix + entry.path, "reason": "hidden or system file"})
-            elif not _is_image(entry.path):
+            elif not is_image_name(entry.path):
                 inputs.skipped.append({"path": prefix + entry.path, "reason": "not an image file"})
             else:
                 wanted.append(entry.path)
@@ -93,8 +88,7 @@ def predict(paths: list[str | Path], model_path: str | Path, batch_size: int, de
     names, chunks, batch, batch_names = [], [], [], []
 
     def flush():
-        logits = predict_logits(model, np.stack(batch), batch_size, device, flip_tta=flip_tta)
-        chunks.append(torch.softmax(logits, 1).double().numpy())
+        chunks.append(image_probabilities(model, np.stack(batch), batch_size, device, flip_tta=flip_tta))
         names.extend(batch_names)
         batch.clear()
         batch_names.clear()
@@ -109,12 +103,5 @@ def predict(paths: list[str | Path], model_path: str | Path, batch_size: int, de
         flush()
     classes = meta["classes"]
     probs = np.concatenate(chunks) if chunks else np.zeros((0, len(classes)))
-    table = pd.DataFrame({"path": names, "predicted": [classes[i] for i in decide(probs, meta.get("threshold"))]})
-    for i, name in enumerate(classes):
-        table[f"prob_{name}"] = probs[:, i]
-    return table, sorted(skipped, key=lambda s: s["path"]), meta
+    return make_table(names, probs, classes, meta.get("threshold")), sorted(skipped, key=lambda s: s["path"]), meta
 
-
-def write_csv(table: pd.DataFrame, path: str | Path) -> None:
-    with atomic_path(path) as tmp:
-        table.to_csv(tmp, index=False, lineterminator="\n", float_format="%.6f")

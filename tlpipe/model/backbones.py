@@ -18,7 +18,7 @@ import torchvision
 from torch import nn
 
 from tlpipe.errors import TlpipeError
-from tlpipe.lite_weights import LITE_INPUT_SIZE, LITE_MEAN_STD, efficientnet_lite
+from tlpipe.model.lite_weights import LITE_INPUT_SIZE, LITE_MEAN_STD, efficientnet_lite
 
 OFFLINE_BACKBONES = tuple(LITE_INPUT_SIZE)
 DOWNLOAD_TIMEOUT_S = 30
@@ -130,33 +130,3 @@ def block_groups(body: nn.Module) -> list[nn.Module]:
         else:
             groups.append(child)
     return [g for g in groups if any(True for _ in g.parameters())]
-
-
-class Normalize(nn.Module):
-    def __init__(self, mean, std):
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
-
-
-def make_head(kind: str, in_features: int, num_classes: int, hidden: int, dropout: float) -> nn.Module:
-    if kind == "logreg":
-        return nn.Linear(in_features, num_classes)
-    return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Dropout(dropout),
-                         nn.Linear(hidden, num_classes))
-
-
-class Classifier(nn.Module):
-    """Images as floats in [0, 1], (N, 3, H, W) -> class logits. Normalisation is built in."""
-
-    def __init__(self, body: nn.Module, head: nn.Module, mean, std):
-        super().__init__()
-        self.normalize = Normalize(mean, std)
-        self.body = body
-        self.head = head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(self.normalize(x)))

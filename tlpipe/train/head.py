@@ -2,7 +2,7 @@
 
 `logreg` is scikit-learn's LogisticRegression on standardised features, folded back into one
 torch Linear layer so that finetune can start from it; `mlp` is a small torch network.
-Both are saved as the same self-describing dict.
+Both are saved as the same self-describing head file (tlpipe.model.modelfile).
 """
 
 import copy
@@ -15,8 +15,11 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 
-from tlpipe.backbones import make_head
 from tlpipe.errors import TlpipeError
+from tlpipe.model.classifier import make_head
+from tlpipe.model.decision import fit_threshold
+from tlpipe.model.inference import feature_probabilities
+from tlpipe.model.modelfile import head_checkpoint
 
 
 def class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -50,7 +53,7 @@ def _fit_mlp(cfg: dict, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: 
              num_classes: int) -> tuple[nn.Module, list[dict]]:
     generator = torch.Generator().manual_seed(cfg["seed"])
     torch.manual_seed(cfg["seed"])
-    head = make_head("mlp", x.shape[1], num_classes, cfg["hidden"], cfg["dropout"])
+    head = make_head(x.shape[1], num_classes, [cfg["hidden"]], cfg["dropout"])
     weight = torch.tensor(class_weights(y, num_classes), dtype=torch.float32) if cfg["class_weight"] == "balanced" else None
     loss_fn = nn.CrossEntropyLoss(weight=weight)
     optimizer = torch.optim.AdamW(head.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
@@ -91,27 +94,10 @@ def train_head(cfg: dict, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val
         head = fit_logreg(x, y, num_classes, cfg["C"], cfg["class_weight"] == "balanced", cfg["seed"])
     else:
         head, curve = _fit_mlp(cfg, x, y, x_val, y_val, num_classes)
-    checkpoint = {
-        "kind": cfg["kind"], "in_features": int(x.shape[1]), "num_classes": num_classes,
-        "hidden": cfg["hidden"], "dropout": cfg["dropout"], "classes": list(classes),
-        "state_dict": head.state_dict(),
-    }
+    probs = {"train": feature_probabilities(head, x), "val": feature_probabilities(head, x_val)}
+    checkpoint = head_checkpoint(head, classes, threshold=fit_threshold(y_val, probs["val"]), kind=cfg["kind"])
     metrics = {}
-    for split, (features, labels) in {"train": (x, y), "val": (x_val, y_val)}.items():
-        probs = predict_proba(head, features)
-        metrics[split] = {"accuracy": float(accuracy_score(labels, probs.argmax(1))),
-                          "log_loss": float(log_loss(labels, probs, labels=list(range(num_classes))))}
+    for split, labels in {"train": y, "val": y_val}.items():
+        metrics[split] = {"accuracy": float(accuracy_score(labels, probs[split].argmax(1))),
+                          "log_loss": float(log_loss(labels, probs[split], labels=list(range(num_classes))))}
     return checkpoint, metrics, curve
-
-
-def load_head(checkpoint: dict) -> nn.Module:
-    head = make_head(checkpoint["kind"], checkpoint["in_features"], checkpoint["num_classes"],
-                     checkpoint["hidden"], checkpoint["dropout"])
-    head.load_state_dict(checkpoint["state_dict"])
-    return head.eval()
-
-
-@torch.no_grad()
-def predict_proba(head: nn.Module, features: np.ndarray) -> np.ndarray:
-    head.eval()
-    return torch.softmax(head(torch.from_numpy(features).float()).double(), dim=1).numpy()

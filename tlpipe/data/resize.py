@@ -1,4 +1,5 @@
-"""The resize stage: decode every image once into uint8 arrays, one .npy file per split.
+"""The resize stage: decode every image once into uint8 arrays, one .npy file per split
+(the layout tlpipe.data.cache reads).
 
 Decoding runs in a pool of processes, one per core: the main process reads the raw bytes (an
 archive is read once, in order) and hands them out in chunks; each worker decodes its chunk and
@@ -20,9 +21,9 @@ from tqdm import tqdm
 
 from tlpipe.atomic import atomic_path
 from tlpipe.errors import TlpipeError
-from tlpipe.images import decode_or_reason
-from tlpipe.raw import RawData
-from tlpipe.split import SPLITS
+from tlpipe.data.images import decode_or_reason
+from tlpipe.data.raw import RawData
+from tlpipe.data import SPLITS
 
 CHUNK_IMAGES = 64       # images per task at most: amortises the hand-off (a 7 KB JPEG decodes in ~0.2 ms)
 CHUNK_BYTES = 4 << 20   # ... and raw bytes per task at most, so large files make smaller tasks
@@ -158,20 +159,3 @@ def _finish_split(folder: Path, split: str, offset: int, image_shape: tuple[int,
     index = rows[ok][["path", "label"]].copy()
     index["label_index"] = index["label"].map({c: i for i, c in enumerate(classes)})
     index.to_csv(folder / f"{split}.csv", index=False, lineterminator="\n")
-
-
-def load_split(cache_dir: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
-    """(images memory-mapped (N, H, W, 3) uint8, label indices (N,), index table) of one split."""
-    cache_dir = Path(cache_dir)
-    images = np.load(cache_dir / f"{split}.npy", mmap_mode="r")
-    index = pd.read_csv(cache_dir / f"{split}.csv", dtype={"path": str, "label": str})
-    return images, index["label_index"].to_numpy(np.int64), index
-
-
-def load_classes(cache_dir: str | os.PathLike) -> list[str]:
-    return json.loads((Path(cache_dir) / "classes.json").read_text())
-
-
-def load_preprocess(cache_dir: str | os.PathLike) -> dict:
-    """How the cached arrays were made from the image files: {size, mode, contrast}."""
-    return json.loads((Path(cache_dir) / "preprocess.json").read_text())

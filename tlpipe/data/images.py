@@ -1,11 +1,18 @@
 """Decode one image file into an RGB uint8 array of a fixed size."""
 
 import io
+from pathlib import PurePosixPath
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 RESAMPLE = Image.Resampling.BILINEAR
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+
+
+def is_image_name(path: str) -> bool:
+    """What counts as an image file, by its name (the split stage and `tlpipe predict` agree)."""
+    return PurePosixPath(path).suffix.lower() in IMAGE_SUFFIXES
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -47,8 +54,6 @@ def fit(image: Image.Image, size: int, mode: str) -> Image.Image:
     canvas.paste(inner, ((size - inner.width) // 2, (size - inner.height) // 2))
     return canvas
 
-
-CONTRASTS = ("none", "equalize", "autocontrast")
 
 
 def normalize_contrast(image: Image.Image, contrast: str) -> Image.Image:

@@ -5,7 +5,6 @@ no global state, and logging/saving only where `is_main` (the rank-0 process und
 """
 
 import copy
-import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,13 +15,14 @@ from sklearn.metrics import balanced_accuracy_score, cohen_kappa_score
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from tlpipe.augment import Augment
-from tlpipe.backbones import Backbone, Classifier, block_groups, create_backbone, make_head
 from tlpipe.errors import TlpipeError
-from tlpipe.heads import class_weights, fit_logreg
+from tlpipe.model.backbones import Backbone, block_groups
+from tlpipe.model.classifier import Classifier, make_head
+from tlpipe.model.inference import predict_logits
 from tlpipe.runtime import autocast, batches, to_float_images
+from tlpipe.train.augment import Augment
+from tlpipe.train.head import class_weights, fit_logreg
 
-MODEL_FORMAT = "tlpipe.model/1"
 HIGHER_IS_BETTER = {"val_loss": False, "val_accuracy": True, "val_balanced_accuracy": True, "val_quadratic_kappa": True}
 
 
@@ -33,23 +33,29 @@ class Split:
 
 
 @dataclass
+class Features:
+    values: np.ndarray   # (N, F) float32: the frozen backbone's features of the training split
+    labels: np.ndarray   # (N,) int64
+
+
+@dataclass
 class FitResult:
     state_dict: dict
     best_epoch: int
     history: list[dict] = field(default_factory=list)
 
 
-def build_model(backbone: Backbone, num_classes: int, cfg: dict, probe: Split | None = None) -> Classifier:
+def build_model(backbone: Backbone, num_classes: int, cfg: dict, probe: Features | None = None) -> Classifier:
     """Backbone + linear head; with head_init 'probe' the head starts as a logistic regression fitted on
     `probe` (the frozen backbone's features of the training split), so the first epochs refine a good
     head instead of pushing random gradients into the body. It is fitted here, not read from
     train-head, so that iterating on `head.*` never reruns this stage."""
-    head = make_head("logreg", backbone.num_features, num_classes, 0, 0.0)
+    head = make_head(backbone.num_features, num_classes)
     if cfg["head_init"] == "probe":
-        if probe is None or probe.images.shape[1] != backbone.num_features:
+        if probe is None or probe.values.shape[1] != backbone.num_features:
             raise TlpipeError("finetune: data/features does not match backbone.name; "
                               "run `dvc repro` so that extract-features reruns.")
-        head = fit_logreg(probe.images, probe.labels, num_classes, cfg["probe_C"],
+        head = fit_logreg(probe.values, probe.labels, num_classes, cfg["probe_C"],
                           cfg["class_balance"] != "none", cfg["seed"])
     return Classifier(backbone.body, head, backbone.mean, backbone.std)
 
@@ -123,22 +129,7 @@ def train_one_epoch(model: Classifier, data: Split, optimizer, scheduler, loss_f
     return {"train_loss": total_loss / max(seen, 1), "train_images_per_s": seen / max(elapsed, 1e-9)}
 
 
-@torch.inference_mode()
-def predict_logits(model: nn.Module, images: np.ndarray, batch_size: int, device: torch.device,
-                   channels_last: bool = True, flip_tta: bool = False, amp: bool = True) -> torch.Tensor:
-    model.eval()
-    outputs = []
-    for part in batches(len(images), batch_size):
-        x = to_float_images(images[part], device, channels_last)
-        with autocast(device, amp):
-            logits = model(x).float()
-            if flip_tta:
-                logits = torch.log((logits.softmax(1) + model(x.flip(3)).float().softmax(1)) / 2)
-        outputs.append(logits.cpu())
-    return torch.cat(outputs) if outputs else torch.zeros(0)
-
-
-def evaluate(model: Classifier, data: Split, cfg: dict, device: torch.device) -> dict:
+def validate(model: Classifier, data: Split, cfg: dict, device: torch.device) -> dict:
     logits = predict_logits(model, data.images, cfg["batch_size"] * 2, device, cfg["channels_last"], amp=cfg["amp"])
     labels = torch.from_numpy(np.array(data.labels))
     predicted = logits.argmax(1).numpy()
@@ -186,13 +177,9 @@ def fit(model: Classifier, train: Split, val: Split, cfg: dict, num_classes: int
     best, since_best = None, 0
     for epoch in range(cfg["epochs"]):
         row = {"step": epoch, "lr": optimizer.param_groups[0]["lr"]}
-        try:
-            row |= train_one_epoch(model, train, optimizer, scheduler, loss_fn, augment, cfg, epoch, device, generator,
-                                   average)
-        except torch.cuda.OutOfMemoryError:
-            raise TlpipeError(f"finetune: out of GPU memory at batch size {cfg['batch_size']}; "
-                              f"try finetune.batch_size: {max(1, cfg['batch_size'] // 2)}.") from None
-        row |= evaluate(validated, val, cfg, device)
+        row |= train_one_epoch(model, train, optimizer, scheduler, loss_fn, augment, cfg, epoch, device, generator,
+                               average)
+        row |= validate(validated, val, cfg, device)
         result.history.append(row)
         improved = _is_better(metric, row[metric], best)
         log(f"epoch {epoch}: train_loss {row['train_loss']:.4f} val_loss {row['val_loss']:.4f} "
@@ -208,44 +195,3 @@ def fit(model: Classifier, train: Split, val: Split, cfg: dict, num_classes: int
                 break
     model.load_state_dict(result.state_dict)
     return result
-
-
-def model_checkpoint(model: Classifier, backbone_name: str, classes: list[str], preprocess: dict,
-                     cfg: dict, best_epoch: int, threshold: float | None = None) -> dict:
-    """Everything inference needs, as plain tensors and values (loads with weights_only=True).
-
-    `preprocess` is how the resize stage turned files into arrays (size, mode, contrast);
-    `threshold` the binary decision threshold chosen on validation (None: argmax)."""
-    return {
-        "format": MODEL_FORMAT,
-        "backbone": backbone_name,
-        "head": {"kind": "logreg", "hidden": 0, "dropout": 0.0, "num_classes": len(classes)},
-        "classes": list(classes),
-        "input_size": int(preprocess["size"]),
-        "preprocess": dict(preprocess),
-        "mean": [float(v) for v in model.normalize.mean.flatten()],
-        "std": [float(v) for v in model.normalize.std.flatten()],
-        "params": dict(cfg),
-        "best_epoch": best_epoch,
-        "threshold": threshold,
-        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-    }
-
-
-def load_model(path) -> tuple[Classifier, dict]:
-    """Rebuild the classifier from models/model.pt alone."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise TlpipeError(f"{path}: refused: the file holds code or objects other than tensors "
-                          "(loaded with weights_only=True). Use a model.pt written by the finetune "
-                          f"stage, or rerun `dvc repro finetune`. ({str(error).splitlines()[0]})") from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != MODEL_FORMAT:
-        raise TlpipeError(f"{path}: not a tlpipe model file (expected format {MODEL_FORMAT}).")
-    backbone = create_backbone(checkpoint["backbone"], "none")
-    head = checkpoint["head"]
-    model = Classifier(backbone.body,
-                       make_head(head["kind"], backbone.num_features, head["num_classes"], head["hidden"], head["dropout"]),
-                       checkpoint["mean"], checkpoint["std"])
-    model.load_state_dict(checkpoint["state_dict"])
-    return model.eval(), checkpoint

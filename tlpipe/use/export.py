@@ -10,7 +10,7 @@ from torch import nn
 
 from tlpipe.atomic import atomic_path
 from tlpipe.errors import TlpipeError
-from tlpipe.finetune import load_model
+from tlpipe.model.modelfile import load_model
 from tlpipe.runtime import batches, to_float_images
 
 TOLERANCE = 1e-4

@@ -7,8 +7,10 @@ import torch
 from PIL import Image, ImageDraw
 from torch import nn
 
-from tlpipe.backbones import Classifier, block_groups
+from tlpipe.model.backbones import block_groups
+from tlpipe.model.classifier import Classifier
 from tlpipe.runtime import to_float_images
+from tlpipe.use.predictions import label_indices, probabilities
 
 TILE = 160
 CAPTION = 34
@@ -16,27 +18,12 @@ CAPTION = 34
 
 def top_losses(predictions: pd.DataFrame, classes: list[str], n: int) -> pd.DataFrame:
     """The `n` rows with the highest cross-entropy (-log p(true class)), worst first."""
-    probs = predictions[[f"prob_{c}" for c in classes]].to_numpy()
-    true = predictions["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    probs = probabilities(predictions, classes)
+    true = label_indices(predictions, classes)
     table = predictions.assign(row=np.arange(len(predictions)),
                                loss=-np.log(np.clip(probs[np.arange(len(true)), true], 1e-12, 1)),
                                confidence=probs.max(1))
     return table.sort_values(["loss", "path"], ascending=[False, True]).head(n)
-
-
-def reliability_rows(predictions: pd.DataFrame, classes: list[str], bins: int = 10) -> list[dict]:
-    """Per confidence bin: mean confidence, accuracy and count (the reliability diagram)."""
-    probs = predictions[[f"prob_{c}" for c in classes]].to_numpy()
-    confidence = probs.max(1)
-    correct = np.array(classes)[probs.argmax(1)] == predictions["label"].to_numpy()
-    which = np.minimum((confidence * bins).astype(int), bins - 1)
-    rows = []
-    for b in range(bins):
-        mask = which == b
-        if mask.any():
-            rows.append({"confidence": float(confidence[mask].mean()), "accuracy": float(correct[mask].mean()),
-                         "perfect_calibration": float(confidence[mask].mean()), "count": int(mask.sum())})
-    return rows
 
 
 def grad_cam(model: Classifier, images: np.ndarray, target: list[int]) -> np.ndarray:
@@ -95,7 +82,7 @@ def grid(tiles: list[tuple[np.ndarray, str]], columns: int = 4) -> Image.Image:
 def gradcam_examples(predictions: pd.DataFrame, classes: list[str], per_class: int) -> pd.DataFrame:
     """Per true class, up to `per_class` right and `per_class` wrong test images (most confident first)."""
     table = predictions.assign(row=np.arange(len(predictions)),
-                               confidence=predictions[[f"prob_{c}" for c in classes]].to_numpy().max(1),
+                               confidence=probabilities(predictions, classes).max(1),
                                correct=predictions["label"] == predictions["predicted"])
     picked = []
     for label in classes:

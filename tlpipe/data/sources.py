@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from tlpipe.atomic import DISK_FULL, atomic_path
 from tlpipe.errors import TlpipeError
-from tlpipe.raw import is_archive
+from tlpipe.data.raw import is_archive
 
 CHUNK = 1 << 20
 
@@ -25,7 +25,7 @@ def fetch(source: str, raw_dir: Path) -> None:
         if kind == "sklearn":
             write_sklearn_dataset(where, tmp)
         elif kind == "kaggle":
-            from tlpipe.kaggle_source import download_kaggle_dataset
+            from tlpipe.data.kaggle import download_kaggle_dataset
 
             download_kaggle_dataset(where, tmp)
         elif kind == "url":

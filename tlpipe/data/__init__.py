@@ -1,0 +1,3 @@
+"""From a source to cached arrays: download, raw folders and archives, the split, decoding, the cache."""
+
+SPLITS = ("train", "val", "test")

@@ -1,0 +1,1 @@
+"""The trained model: backbones, heads, the classifier, its file, inference and the decision rule."""

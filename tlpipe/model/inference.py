@@ -1,0 +1,37 @@
+"""Inference: cached uint8 images through a classifier, features through a head, in batches."""
+
+import numpy as np
+import torch
+from torch import nn
+
+from tlpipe.runtime import autocast, batches, to_float_images
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, images: np.ndarray, batch_size: int, device: torch.device,
+                   channels_last: bool = True, flip_tta: bool = False, amp: bool = True) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, classes) float32 logits on the CPU; with flip_tta the log of the
+    mean probability of each image and its mirror."""
+    model.eval().to(device)
+    outputs = []
+    for part in batches(len(images), batch_size):
+        x = to_float_images(images[part], device, channels_last)
+        with autocast(device, amp):
+            logits = model(x).float()
+            if flip_tta:
+                logits = torch.log((logits.softmax(1) + model(x.flip(3)).float().softmax(1)) / 2)
+        outputs.append(logits.cpu())
+    return torch.cat(outputs) if outputs else torch.zeros(0)
+
+
+def image_probabilities(model: nn.Module, images: np.ndarray, batch_size: int, device: torch.device,
+                        flip_tta: bool = False) -> np.ndarray:
+    """Class probabilities (float64) of cached images."""
+    return torch.softmax(predict_logits(model, images, batch_size, device, flip_tta=flip_tta), 1).double().numpy()
+
+
+@torch.no_grad()
+def feature_probabilities(head: nn.Module, features: np.ndarray) -> np.ndarray:
+    """Class probabilities (float64) of a head on frozen features."""
+    head.eval()
+    return torch.softmax(head(torch.from_numpy(np.asarray(features)).float()).double(), dim=1).numpy()

@@ -1,0 +1,92 @@
+"""Metrics of one model on one split (scikit-learn throughout), and the calibration binning."""
+
+import math
+
+import numpy as np
+from sklearn import metrics as skm
+
+ECE_BINS = 15
+
+
+def clean(value: float) -> float | None:
+    """JSON has no NaN: an undefined metric is null."""
+    value = float(value)
+    return None if math.isnan(value) or math.isinf(value) else round(value, 6)
+
+
+def calibration_bins(y_true: np.ndarray, probs: np.ndarray, bins: int = ECE_BINS) -> list[dict]:
+    """Per equal-width bin of top-label confidence: mean confidence, accuracy and count (non-empty bins).
+
+    The one binning behind both the ECE figure and the reliability diagram."""
+    confidence = probs.max(1)
+    correct = probs.argmax(1) == y_true
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    rows = []
+    for b in range(bins):
+        in_bin = which == b
+        if in_bin.any():
+            rows.append({"confidence": float(confidence[in_bin].mean()), "accuracy": float(correct[in_bin].mean()),
+                         "count": int(in_bin.sum())})
+    return rows
+
+
+def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Top-label ECE: |accuracy - confidence| averaged over equal-width confidence bins."""
+    n = max(len(y_true), 1)
+    return sum(row["count"] / n * abs(row["accuracy"] - row["confidence"]) for row in calibration_bins(y_true, probs, bins))
+
+
+def binary_rates(y_true: np.ndarray, positive_score: np.ndarray, threshold: float) -> dict:
+    predicted = (positive_score >= threshold).astype(int)
+    tn, fp, fn, tp = skm.confusion_matrix(y_true, predicted, labels=[0, 1]).ravel()
+    return {
+        "threshold": clean(threshold),
+        "accuracy": clean(skm.accuracy_score(y_true, predicted)),
+        "sensitivity": clean(tp / (tp + fn)) if tp + fn else None,
+        "specificity": clean(tn / (tn + fp)) if tn + fp else None,
+        "balanced_accuracy": clean(skm.balanced_accuracy_score(y_true, predicted)),
+    }
+
+
+def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str],
+                           threshold: float | None = None) -> dict:
+    """All metrics of one model on one split; `threshold` (binary only) chosen on validation."""
+    labels = list(range(len(classes)))
+    predicted = probs.argmax(1)
+    precision, recall, f1, support = skm.precision_recall_fscore_support(
+        y_true, predicted, labels=labels, zero_division=0)
+    result = {
+        "n": int(len(y_true)),
+        "accuracy": clean(skm.accuracy_score(y_true, predicted)),
+        "balanced_accuracy": clean(skm.balanced_accuracy_score(y_true, predicted)),
+        "precision_macro": clean(precision.mean()),
+        "recall_macro": clean(recall.mean()),
+        "f1_macro": clean(f1.mean()),
+        "cohen_kappa": clean(skm.cohen_kappa_score(y_true, predicted, labels=labels)),
+        "quadratic_kappa": clean(skm.cohen_kappa_score(y_true, predicted, labels=labels, weights="quadratic")),
+        "log_loss": clean(skm.log_loss(y_true, np.clip(probs, 1e-12, 1), labels=labels)),
+        "ece": clean(expected_calibration_error(y_true, probs)),
+        "roc_auc": None,
+    }
+    present = np.unique(y_true)
+    if len(present) == len(classes) and len(classes) == 2:
+        result["roc_auc"] = clean(skm.roc_auc_score(y_true, probs[:, 1]))
+    elif len(present) == len(classes):
+        result["roc_auc"] = clean(skm.roc_auc_score(y_true, probs, multi_class="ovr", labels=labels))
+    result["per_class"] = {
+        name: {"precision": clean(p), "recall": clean(r), "f1": clean(f), "support": int(s)}
+        for name, p, r, f, s in zip(classes, precision, recall, f1, support)
+    }
+    if len(classes) == 2:
+        result["at_0.5"] = binary_rates(y_true, probs[:, 1], 0.5)
+        if threshold is not None:
+            result["at_val_threshold"] = binary_rates(y_true, probs[:, 1], threshold)
+    return result
+
+
+def majority_baseline(train_labels: np.ndarray, y_true: np.ndarray, num_classes: int) -> dict:
+    majority = int(np.bincount(train_labels, minlength=num_classes).argmax())
+    predicted = np.full_like(y_true, majority)
+    return {"accuracy": clean(skm.accuracy_score(y_true, predicted)),
+            "balanced_accuracy": clean(skm.balanced_accuracy_score(y_true, predicted))}
