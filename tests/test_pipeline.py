@@ -33,6 +33,11 @@ def ran_stages(output: str) -> list[str]:
     return [s for s in STAGES if re.search(rf"Running stage '{re.escape(s)}'", output)]
 
 
+def changed_stages(status: str) -> list[str]:
+    """Stage names that `dvc status` reports as changed (its lines `NAME:` at the start)."""
+    return [s for s in STAGES if re.search(rf"^{re.escape(s)}:", status, flags=re.M)]
+
+
 def repro(project) -> list[str]:
     return ran_stages(run(["dvc", "repro"], project).stdout)
 
@@ -79,6 +84,14 @@ def test_repro_status_and_incremental_reruns(dvc_project, tmp_path):
 
     set_params(project, **{"split.seed": 7})
     assert repro(project) == STAGES[1:]
+
+    # Code is a dependency too: touching a module evaluate imports (through tlpipe.use) marks exactly
+    # the stages whose import closure holds it as changed.
+    with (project / "tlpipe" / "use" / "metrics.py").open("a") as module:
+        module.write("\n# edited\n")
+    changed = changed_stages(run(["dvc", "status"], project).stdout)
+    assert changed == ["evaluate", "report"], changed
+    assert repro(project) == ["evaluate", "report"]
 
     html = run(["dvc", "plots", "show", "-o", "plots_html"], project)
     page = (project / "plots_html" / "index.html").read_text()
