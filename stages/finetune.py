@@ -1,12 +1,11 @@
 """finetune: backbone + head end to end from data/cache/ -> models/model.pt + metrics + curves."""
 
-import numpy as np
 import torch
 
 from tlpipe import params
 from tlpipe.atomic import atomic_path, write_json
 from tlpipe.model.backbones import create_backbone
-from tlpipe.data.cache import load_classes, load_preprocess, load_split
+from tlpipe.data.cache import load_classes, load_features, load_preprocess, load_split
 from tlpipe.model.decision import fit_threshold
 from tlpipe.model.inference import image_probabilities
 from tlpipe.model.modelfile import model_checkpoint
@@ -24,7 +23,7 @@ def main() -> None:
     train_images, train_labels, _ = load_split("data/cache", "train")
     val_images, val_labels, _ = load_split("data/cache", "val")
     backbone = create_backbone(p["backbone"]["name"], p["backbone"]["weights"])
-    probe = Features(np.load("data/features/train.npy"), np.load("data/features/train_labels.npy"))
+    probe = Features(*load_features("data/features", "train"))
     model = build_model(backbone, len(classes), cfg, probe)
     device = pick_device(cfg["device"])
     result = fit(model, Split(train_images, train_labels), Split(val_images, val_labels), cfg,

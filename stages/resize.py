@@ -2,10 +2,10 @@
 
 from pathlib import Path
 
-import pandas as pd
 
 from tlpipe import params
 from tlpipe.atomic import write_json
+from tlpipe.data.cache import read_csv
 from tlpipe.data.resize import build_cache
 from tlpipe.data.raw import RawData
 from tlpipe.stage import run
@@ -14,7 +14,7 @@ from tlpipe.stage import run
 def main() -> None:
     p = params.load()
     cfg = p["resize"]
-    table = pd.read_csv("data/split.csv", dtype=str, keep_default_na=False)
+    table = read_csv("data/split.csv", dtype=str)
     raw = RawData("data/raw", p["data"]["max_archive_gb"], p["data"]["max_archive_entries"])
     metrics = build_cache(table, raw, Path("data/cache"), cfg["size"], cfg["mode"], cfg["workers"],
                           cfg["max_unreadable_fraction"], cfg["contrast"])

@@ -1,7 +1,6 @@
 """dvc.yaml's code deps cover each stage's whole import closure, so that a code change reruns exactly
 the stages it affects; and the layout keeps its direction (use/ never reaches train/)."""
 
-from pathlib import Path
 
 import pytest
 import yaml

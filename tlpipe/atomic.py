@@ -32,27 +32,48 @@ def _remove_stale(final: Path) -> None:
             _remove(path)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike, *, directory: bool = False):
     """Yield a temporary path beside `final`; on success rename it to `final`.
 
     On any exception (KeyboardInterrupt included) the temporary path is removed and
     `final` is left as it was: absent or the previous complete version, never half written.
+    A file is never written over a folder: that folder may be the user's (`--out images`), and
+    nothing a user named is removed. Only a folder output (`directory=True`: a stage's own
+    output folder such as data/cache) replaces the folder of the same name.
     A full disk becomes a TlpipeError that names `final`.
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    if not directory and final.is_dir():
+        raise TlpipeError(f"{final}: is a folder; nothing was written and the folder is untouched. "
+                          f"Give a file path for the output, e.g. {final / 'output'}{final.suffix or ''}.")
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise TlpipeError(f"{final.parent}: exists but is not a folder, so {final} cannot be written there. "
+                          "Choose another output path.") from None
     _remove_stale(final)
+    # mkstemp/mkdtemp create 0600/0700 paths; outputs get the usual permissions (teammates can read them).
     if directory:
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+        tmp.chmod(0o777 & ~_umask())
     else:
         fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent)
         os.close(fd)
         tmp = Path(name)
+        tmp.chmod(0o666 & ~_umask())
     try:
         yield tmp
-        if directory or final.is_dir():
-            _remove(final)  # os.replace swaps files atomically, but not a folder for a non-empty one
+        if directory and final.is_dir() and not final.is_symlink():
+            shutil.rmtree(final)  # os.replace cannot swap a folder for a non-empty one
+        elif final.is_dir():
+            raise TlpipeError(f"{final}: became a folder while it was being written; it is left as it is.")
         os.replace(tmp, final)
     except OSError as error:
         _remove(tmp)
@@ -75,7 +96,3 @@ def write_json(path: str | os.PathLike, data) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n")
 
-
-def write_text(path: str | os.PathLike, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from tlpipe import params, presets
-from tlpipe.errors import TlpipeError
+from tlpipe.errors import TlpipeError, user_message
 
 
 def check(args: argparse.Namespace) -> None:
@@ -35,6 +35,9 @@ def predict(args: argparse.Namespace) -> None:
 
     tune_malloc()
     table, skipped, meta = run_predict(args.paths, args.model, args.batch_size, pick_device(args.device), args.flip_tta)
+    if not len(table):
+        reasons = "; ".join(f"{item['path']}: {item['reason']}" for item in skipped[:5])
+        raise TlpipeError(f"predict: no readable image among the given paths ({reasons}); {args.out} was not written.")
     write_table(table, args.out)
     rule = f"threshold {meta['threshold']:.4f} on prob_{meta['classes'][1]}" if meta.get("threshold") is not None else "argmax"
     print(f"predict: {len(table)} images -> {args.out} (decision: {rule})")
@@ -44,8 +47,6 @@ def predict(args: argparse.Namespace) -> None:
         print(f"predict: {len(skipped)} files skipped, listed in {skipped_csv}:", file=sys.stderr)
         for item in skipped[:20]:
             print(f"  {item['path']}: {item['reason']}", file=sys.stderr)
-    if not len(table):
-        raise TlpipeError("predict: no readable image among the given paths.")
 
 
 def export(args: argparse.Namespace) -> None:
@@ -55,6 +56,16 @@ def export(args: argparse.Namespace) -> None:
     checked = sidecar["checked"]
     print(f"export: {sidecar['model']} ({args.format}) matches PyTorch within {checked['max_abs_difference']:.1e} "
           f"on {checked['on']}; preprocessing in {sidecar['model']}.json")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict_parser.add_argument("--model", default="models/model.pt", help="model file (default: %(default)s)")
     predict_parser.add_argument("--out", default="predictions.csv",
                                 help="CSV to write (default: %(default)s); skipped files go to OUT.skipped.csv")
-    predict_parser.add_argument("--batch-size", type=int, default=64, help="images per batch (default: %(default)s)")
+    predict_parser.add_argument("--batch-size", type=positive_int, default=64, help="images per batch (default: %(default)s)")
     predict_parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                                 help="auto uses the GPU when there is one (default: %(default)s)")
     predict_parser.add_argument("--flip-tta", action="store_true",
@@ -111,8 +122,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except TlpipeError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted: nothing was written.", file=sys.stderr)
+        return 130
+    except Exception as error:
+        message = user_message(error)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         return 2
     return 0
 

@@ -5,7 +5,9 @@ a message that names the key, what is allowed, and the closest valid key for a t
 """
 
 import difflib
+import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,6 +153,8 @@ def _check_value(key: str, value: Any, spec: Spec) -> None:
         )
     if spec.choices is not None and value not in spec.choices:
         raise TlpipeError(f"params: '{key}' must be {spec.describe()}, got {value!r}.{_closest(str(value), spec.choices)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise TlpipeError(f"params: '{key}' must be {spec.describe()}, got {value!r}: not a finite number.")
     if isinstance(value, NUM) and not isinstance(value, bool):
         too_low = spec.min is not None and (value <= spec.min if spec.min_exclusive else value < spec.min)
         too_high = spec.max is not None and value > spec.max
@@ -170,11 +174,29 @@ def _check_cross_field(params: dict) -> None:
         raise TlpipeError(
             f"params: 'finetune.unfreeze' must be 'all' or a number of last blocks (>= 1), got {unfreeze!r}."
         )
+    if split["group_regex"] is not None:
+        try:
+            pattern = re.compile(split["group_regex"])
+        except re.error as error:
+            raise TlpipeError(f"params: 'split.group_regex' is not a valid regular expression ({error}): "
+                              f"{split['group_regex']!r}. Quote it in single quotes in params.yaml.") from None
+        if pattern.groups > 1:
+            raise TlpipeError(f"params: 'split.group_regex' must have at most one capture group (the group key), "
+                              f"got {pattern.groups}: {split['group_regex']!r}. Use (?:...) for the others.")
+    for key in ("labels_csv",):
+        value = split[key]
+        if value is not None and (Path(value).is_absolute() or ".." in Path(value).parts or not value.strip()):
+            raise TlpipeError(f"params: 'split.{key}' must be a path inside data/raw (it is read from the "
+                              f"downloaded data, which DVC tracks), got {value!r}. Put the CSV inside the "
+                              "data set's folder or archive and give its path relative to data/raw.")
     source = params["data"]["source"]
     if not source.startswith(("sklearn:", "kaggle:", "url:", "path:")):
         raise TlpipeError(
             f"params: 'data.source' must start with sklearn:, kaggle:, url: or path:, got {source!r}."
         )
+    if not source.partition(":")[2].strip():
+        raise TlpipeError(f"params: 'data.source' names no {source.partition(':')[0]} source after the colon, "
+                          f"got {source!r}; e.g. path:/data/my-set or kaggle:OWNER/DATASET.")
 
 
 def validate(params: Any, where: str = "params.yaml") -> dict:
@@ -201,12 +223,51 @@ def validate(params: Any, where: str = "params.yaml") -> dict:
     return params
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML as DVC reads params.yaml: duplicate keys are an error, and numbers follow YAML 1.2
+    (`1e-4` is a float, as DVC and people write it; PyYAML's YAML 1.1 reads it as a string)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise TlpipeError(f"duplicate key '{key}' (line {key_node.start_mark.line + 1}); DVC refuses "
+                                  "such a file. Keep one.")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+_Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def parse(text: str, where: str):
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except TlpipeError as error:
+        raise TlpipeError(f"{where}: {error}") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise TlpipeError(f"{where}: not valid YAML{at}: {problem}. Fix that line (a missing quote, colon "
+                          "or bracket is the usual cause).") from None
+
+
 def load(path: str | os.PathLike = "params.yaml") -> dict:
     path = Path(path)
     if not path.exists():
         raise TlpipeError(f"{path}: not found. Run from the project folder (where dvc.yaml is).")
+    if path.is_dir():
+        raise TlpipeError(f"{path}: is a folder; give the params file (params.yaml).")
     try:
-        params = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise TlpipeError(f"{path}: not valid YAML: {error}") from None
-    return validate(params, str(path))
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise TlpipeError(f"{path}: not UTF-8 text (byte {error.start}); save it as UTF-8.") from None
+    except OSError as error:
+        raise TlpipeError(f"{path}: cannot be read ({error.strerror}).") from None
+    return validate(parse(text, str(path)), str(path))

@@ -64,7 +64,8 @@ def apply(name: str, params_path: str | Path = "params.yaml", source: str | None
             document[section][key] = value
     text = io.StringIO()
     rt.dump(document, text)
-    params.validate(yaml.safe_load(text.getvalue()), where=f"{params_path} with preset '{name}'")
+    where = f"{params_path} with preset '{name}'"
+    params.validate(params.parse(text.getvalue(), where), where)
     with atomic_path(params_path) as tmp:
         tmp.write_text(text.getvalue())
         tmp.chmod(params_path.stat().st_mode)

@@ -69,3 +69,12 @@ def to_float_images(batch: np.ndarray, device: torch.device, channels_last: bool
 def batches(n: int, batch_size: int) -> Iterator[slice]:
     for start in range(0, n, batch_size):
         yield slice(start, min(start + batch_size, n))
+
+
+def training_batches(n: int, batch_size: int) -> Iterator[slice]:
+    """`batches`, but a last batch of one image joins the one before: BatchNorm cannot train on a
+    single image, and dropping it would leave that image out of the epoch."""
+    parts = list(batches(n, batch_size))
+    if len(parts) > 1 and parts[-1].stop - parts[-1].start == 1:
+        parts[-2:] = [slice(parts[-2].start, parts[-1].stop)]
+    yield from parts

@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from tlpipe.errors import TlpipeError
+from tlpipe.errors import TlpipeError, user_message
 
 INTERRUPTED = "interrupted: partial outputs were removed; run `dvc repro` again."
 BATCH_SIZE_KEY = {"extract_features": "features.batch_size", "finetune": "finetune.batch_size",
@@ -50,14 +50,15 @@ def run(main: Callable[[], None]) -> None:
     os.register_at_fork(after_in_child=_child_signals)
     try:
         main()
-    except TlpipeError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
     except KeyboardInterrupt:
         print(INTERRUPTED, file=sys.stderr)
         sys.exit(130)
     except Exception as error:
-        if type(error).__name__ != "OutOfMemoryError":  # torch's, without importing torch here
+        if type(error).__name__ == "OutOfMemoryError":  # torch's, without importing torch here
+            message = out_of_memory_message(error, sys.argv[0])
+        else:
+            message = user_message(error)
+        if message is None:
             raise
-        print(f"error: {out_of_memory_message(error, sys.argv[0])}", file=sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(2)

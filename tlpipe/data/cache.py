@@ -1,7 +1,11 @@
-"""Reading the cache the resize stage wrote: per split, images as a memory-mapped (N, H, W, 3) uint8
-array and an index table (path, label, label_index) in the same row order; the class names; and
-how the arrays were made from the files (size, mode, contrast)."""
+"""Reading what the stages wrote for each other: the cache of the resize stage (per split, images as a
+memory-mapped (N, H, W, 3) uint8 array and an index table (path, label, label_index) in the same row
+order; the class names; how the arrays were made: size, mode, contrast), the features, split.csv.
 
+An output that is missing, empty or damaged (a failed copy, a disk error, a hand edit) is one
+clear error naming the file and how to restore it, never a decoder's traceback."""
+
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -9,19 +13,66 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tlpipe.errors import TlpipeError
+
+
+@contextlib.contextmanager
+def _reading(path: Path):
+    try:
+        yield
+    except FileNotFoundError:
+        raise TlpipeError(f"{path}: missing. It is made by an earlier stage: run `dvc repro` "
+                          "(or `dvc pull` / `dvc checkout` to restore it).") from None
+    except IsADirectoryError:
+        raise TlpipeError(f"{path}: is a folder where the stage expects a file; remove it and run `dvc repro`.") from None
+    except (ValueError, EOFError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError, KeyError) as error:
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise TlpipeError(f"{path}: empty or damaged ({detail}). Restore it with `dvc checkout`, or run "
+                          "`dvc repro --force` on the stage that makes it.") from None
+
+
+def read_array(path: str | os.PathLike, mmap: bool = False) -> np.ndarray:
+    path = Path(path)
+    with _reading(path):
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+
+
+def read_json(path: str | os.PathLike):
+    path = Path(path)
+    with _reading(path):
+        return json.loads(path.read_text())
+
+
+def read_csv(path: str | os.PathLike, **kwargs) -> pd.DataFrame:
+    """Text columns stay text: a class called 'NA' or 'None' is not a missing value."""
+    path = Path(path)
+    with _reading(path):
+        return pd.read_csv(path, keep_default_na=False, **kwargs)
+
 
 def load_split(cache_dir: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
     """(images memory-mapped (N, H, W, 3) uint8, label indices (N,), index table) of one split."""
     cache_dir = Path(cache_dir)
-    images = np.load(cache_dir / f"{split}.npy", mmap_mode="r")
-    index = pd.read_csv(cache_dir / f"{split}.csv", dtype={"path": str, "label": str}, keep_default_na=False)
-    return images, index["label_index"].to_numpy(np.int64), index
+    images = read_array(cache_dir / f"{split}.npy", mmap=True)
+    index = read_csv(cache_dir / f"{split}.csv", dtype={"path": str, "label": str})
+    with _reading(cache_dir / f"{split}.csv"):
+        labels = index["label_index"].to_numpy(np.int64)
+    if images.ndim != 4 or len(images) != len(index):
+        raise TlpipeError(f"{cache_dir / split}.npy holds {len(images)} images but {split}.csv lists {len(index)}: "
+                          "the cache is damaged. Run `dvc checkout data/cache` or `dvc repro --force resize`.")
+    return images, labels, index
 
 
 def load_classes(cache_dir: str | os.PathLike) -> list[str]:
-    return json.loads((Path(cache_dir) / "classes.json").read_text())
+    return read_json(Path(cache_dir) / "classes.json")
 
 
 def load_preprocess(cache_dir: str | os.PathLike) -> dict:
     """How the cached arrays were made from the image files: {size, mode, contrast}."""
-    return json.loads((Path(cache_dir) / "preprocess.json").read_text())
+    return read_json(Path(cache_dir) / "preprocess.json")
+
+
+def load_features(features_dir: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(features (N, F) float32, label indices (N,)) of one split, as extract-features wrote them."""
+    features_dir = Path(features_dir)
+    return read_array(features_dir / f"{split}.npy"), read_array(features_dir / f"{split}_labels.npy")

@@ -15,6 +15,8 @@ from pathlib import Path, PurePosixPath
 from tlpipe.errors import TlpipeError
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+MAX_FILE_BYTES = 1 << 30  # one image file larger than this is not an image we can use: refused unread
+TAR_BLOCK = 512
 LITTER_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
 
 
@@ -65,6 +67,42 @@ def _unsafe_member_reason(name: str) -> str | None:
     return None
 
 
+def _looks_like_html(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512).lstrip().lower()
+    except OSError:
+        return False
+    return head.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body"))
+
+
+def _unreadable_archive(archive: Path, kind: str, error: BaseException) -> TlpipeError:
+    if _looks_like_html(archive):
+        return TlpipeError(f"{archive}: an HTML page, not a {kind} archive (a sign-in or error page saved "
+                           "under the archive's name?). Download the archive itself again.")
+    return TlpipeError(f"{archive}: not a readable {kind} archive ({error}). Download it again.")
+
+
+def _check_tar_end(tf: tarfile.TarFile, archive: Path) -> None:
+    """A tar ends with zero blocks; one cut at a member boundary reads as complete without this check."""
+    tf.fileobj.seek(tf.offset)
+    end = tf.fileobj.read(TAR_BLOCK)
+    if len(end) < TAR_BLOCK or end.strip(b"\0"):
+        raise TlpipeError(f"{archive}: cut short: the tar archive stops after {len(tf.members)} members "
+                          "without tar's end-of-archive marker (an interrupted download?). Download it again.")
+
+
+def read_capped(stream, cap: int = MAX_FILE_BYTES) -> bytes:
+    """Read a file or archive member in chunks, refusing one larger than `cap` before holding it all."""
+    chunks, total = [], 0
+    while chunk := stream.read(min(1 << 20, cap + 1 - total)):
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > cap:
+            raise ValueError(f"larger than {cap >> 20} MiB, not read (not a usable image)")
+    return b"".join(chunks)
+
+
 class _Limits:
     def __init__(self, archive: str, max_bytes: float, max_entries: int):
         self.archive, self.max_bytes, self.max_entries = archive, max_bytes, max_entries
@@ -97,7 +135,7 @@ def _zip_entries(archive: Path, prefix: str, limits: _Limits, rejected: list[Rej
                 else:
                     yield Entry(path, info.file_size)
     except zipfile.BadZipFile as error:
-        raise TlpipeError(f"{archive}: not a readable zip archive ({error}). Download it again.") from None
+        raise _unreadable_archive(archive, "zip", error) from None
 
 
 def _tar_entries(archive: Path, prefix: str, limits: _Limits, rejected: list[Rejected]) -> Iterator[Entry]:
@@ -119,8 +157,9 @@ def _tar_entries(archive: Path, prefix: str, limits: _Limits, rejected: list[Rej
                     rejected.append(Rejected(path, reason))
                 else:
                     yield Entry(path, member.size)
-    except (tarfile.TarError, EOFError, OSError) as error:
-        raise TlpipeError(f"{archive}: not a readable tar archive ({error}). Download it again.") from None
+            _check_tar_end(tf, archive)
+    except (tarfile.TarError, EOFError, OSError, zlib_error()) as error:
+        raise _unreadable_archive(archive, "tar", error) from None
 
 
 class RawData:
@@ -198,10 +237,17 @@ class RawData:
                 yield from _read_tar(archive, prefix, members)
 
 
+def zlib_error() -> type[Exception]:
+    import zlib
+
+    return zlib.error
+
+
 def _read_file(path: Path) -> bytes | Exception:
     try:
-        return path.read_bytes()
-    except OSError as error:
+        with open(path, "rb") as f:
+            return read_capped(f)
+    except (OSError, ValueError) as error:
         return error
 
 
@@ -209,8 +255,9 @@ def _read_zip(archive: Path, prefix: str, paths: list[str]) -> Iterator[tuple[st
     with zipfile.ZipFile(archive) as zf:
         for path in paths:
             try:
-                yield path, zf.read(path[len(prefix):])
-            except (KeyError, zipfile.BadZipFile, OSError, EOFError) as error:
+                with zf.open(path[len(prefix):]) as member:
+                    yield path, read_capped(member)
+            except (KeyError, zipfile.BadZipFile, OSError, EOFError, ValueError, zlib_error()) as error:
                 yield path, error
 
 
@@ -221,8 +268,11 @@ def _read_tar(archive: Path, prefix: str, paths: list[str]) -> Iterator[tuple[st
             for member in tf:
                 path = wanted.pop(member.name, None)
                 if path is not None:
-                    yield path, tf.extractfile(member).read()
-        except (tarfile.TarError, EOFError, OSError) as error:
+                    try:
+                        yield path, read_capped(tf.extractfile(member))
+                    except ValueError as error:
+                        yield path, error
+        except (tarfile.TarError, EOFError, OSError, zlib_error()) as error:
             for path in wanted.values():
                 yield path, error
             wanted.clear()

@@ -79,6 +79,15 @@ def _create_npy(path: Path, shape: tuple[int, ...]) -> int:
     return offset
 
 
+def write_unreadable_list(out_dir: Path, unreadable: list[dict]) -> Path:
+    """The full list of a refused run, beside the cache (not a DVC output: nothing looks complete)."""
+    listing = out_dir.with_name(out_dir.name + ".unreadable.csv")
+    with atomic_path(listing) as tmp:
+        pd.DataFrame(sorted(unreadable, key=lambda u: u["path"]), columns=["path", "reason"]).to_csv(
+            tmp, index=False, lineterminator="\n")
+    return listing
+
+
 def worker_count(requested: int) -> int:
     return requested or len(os.sched_getaffinity(0))
 
@@ -122,11 +131,12 @@ def build_cache(table: pd.DataFrame, raw: RawData, out_dir: Path, size: int, mod
                 progress.update(len(done))
         fraction = len(unreadable) / max(len(table), 1)
         if fraction > max_unreadable_fraction:
-            examples = "; ".join(f"{u['path']}: {u['reason']}" for u in unreadable[:3])
+            listing = write_unreadable_list(out_dir, unreadable)
+            examples = "; ".join(f"{u['path']}: {u['reason']}" for u in sorted(unreadable, key=lambda u: u["path"])[:3])
             raise TlpipeError(
                 f"resize: {len(unreadable)} of {len(table)} images ({fraction:.1%}) are unreadable, more "
-                f"than resize.max_unreadable_fraction={max_unreadable_fraction}. First: {examples}. "
-                "Fix or remove those files, or raise the limit to skip them."
+                f"than resize.max_unreadable_fraction={max_unreadable_fraction}; all of them are listed in "
+                f"{listing}. First: {examples}. Fix or remove those files, or raise the limit to skip them."
             )
         for split, rows in positions.items():
             _finish_split(tmp, split, data_offset[split], (size, size, 3), ok[rows], table.iloc[rows], classes)

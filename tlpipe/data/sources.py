@@ -1,7 +1,10 @@
 """The download stage: bring the data named by `data.source` into the raw folder, as fetched."""
 
+import http.client
 import os
 import shutil
+import stat
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -67,6 +70,11 @@ def download_url(url: str, dest: Path) -> Path:
     target = dest / _archive_name_from_url(url)
     try:
         with urllib.request.urlopen(url, timeout=60) as response:
+            kind = (response.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+            if kind in ("text/html", "application/xhtml+xml"):
+                raise TlpipeError(f"url:{url}: the server answered with a web page ({kind}), not the archive "
+                                  "(a sign-in page, or a link to a page about the file). Use the file's direct "
+                                  "download address.")
             total = int(response.headers.get("Content-Length") or 0) or None
             with open(target, "wb") as out, tqdm(total=total, unit="B", unit_scale=True, desc=target.name) as bar:
                 while chunk := response.read(CHUNK):
@@ -77,7 +85,10 @@ def download_url(url: str, dest: Path) -> Path:
                 f"url:{url}: the download stopped after {target.stat().st_size} of {total} bytes. "
                 "Run `dvc repro` again."
             )
-    except (urllib.error.URLError, OSError) as error:
+    except http.client.IncompleteRead as error:
+        raise TlpipeError(f"url:{url}: the download stopped early ({len(error.partial)} bytes of the last chunk "
+                          "arrived); nothing was kept. Run `dvc repro` again.") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
         if getattr(error, "errno", None) in DISK_FULL:
             raise  # atomic_path reports the full disk and removes the partial download
         raise TlpipeError(f"url:{url}: download failed ({error}). Check the address and your network.") from None
@@ -93,8 +104,31 @@ def _copy_with_progress(src: Path, dst: Path, bar: tqdm) -> None:
     shutil.copystat(src, dst)
 
 
+def _local_files(src: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """(regular files, skipped with the reason) under `src`, relative to it: the rules the split stage
+    applies to data/raw. Links are never followed (one out of the tree or back up it would copy data
+    from elsewhere or loop forever); pipes, sockets and devices are skipped (opening a pipe waits
+    forever)."""
+    files, skipped = [], []
+    for dirpath, dirnames, filenames in os.walk(src):
+        dirnames.sort()
+        for name in sorted(filenames) + [d for d in dirnames if (Path(dirpath) / d).is_symlink()]:
+            full = Path(dirpath) / name
+            rel = full.relative_to(src)
+            mode = full.lstat().st_mode
+            if stat.S_ISLNK(mode):
+                skipped.append((rel, "symbolic link (not followed)"))
+            elif stat.S_ISREG(mode):
+                files.append(rel)
+            else:
+                skipped.append((rel, "not a regular file (a pipe, socket or device)"))
+    return files, skipped
+
+
 def copy_local(src: Path, dest: Path) -> None:
-    """Copy a local archive or folder as it is (links followed: the split stage reports litter)."""
+    """Copy a local archive or folder as it is; what cannot be copied is listed on stderr."""
+    if not str(src).strip() or src == Path("."):
+        raise TlpipeError("data.source: path: names no folder or archive; give one, e.g. path:/data/my-set.")
     if not src.exists():
         raise TlpipeError(f"data.source: path:{src} does not exist. Give an image folder or an archive.")
     if src.is_file():
@@ -103,12 +137,16 @@ def copy_local(src: Path, dest: Path) -> None:
         with tqdm(total=src.stat().st_size, unit="B", unit_scale=True, desc=src.name) as bar:
             _copy_with_progress(src, dest / src.name, bar)
         return
-    files = []
-    for dirpath, _, filenames in os.walk(src, followlinks=True):
-        files.extend((Path(dirpath) / name).relative_to(src) for name in filenames)
+    if not src.is_dir():
+        raise TlpipeError(f"data.source: path:{src} is not a folder or an archive (a pipe or device?).")
+    if Path.cwd().resolve().is_relative_to(src.resolve()):
+        raise TlpipeError(f"data.source: path:{src} holds this project itself; point it at the data's folder.")
+    files, skipped = _local_files(src)
     if not files:
         raise TlpipeError(f"data.source: path:{src} holds no files. Point it at the folder of class folders.")
+    for rel, reason in skipped:
+        print(f"download: skipped {src / rel}: {reason}", file=sys.stderr)
     total = sum((src / f).stat().st_size for f in files)
     with tqdm(total=total, unit="B", unit_scale=True, desc=src.name) as bar:
-        for rel in sorted(files):
+        for rel in files:
             _copy_with_progress(src / rel, dest / src.name / rel, bar)

@@ -7,6 +7,7 @@ is kept; every file left out is listed with the reason.
 
 import io
 import re
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -112,7 +113,10 @@ def list_images(raw: RawData, cfg: dict, report: SplitReport) -> pd.DataFrame:
                 continue
             seen_ids.add(path.stem)
             record = table.loc[path.stem]
-            label = record[cfg["label_column"]]
+            label = record[cfg["label_column"]].strip()
+            if not label:
+                report.skip(entry.path, f"empty label in column '{cfg['label_column']}' of {cfg['labels_csv']}")
+                continue
             if cfg["group_column"]:
                 group = record[cfg["group_column"]] or None
             if cfg["split_column"]:
@@ -136,6 +140,14 @@ def list_images(raw: RawData, cfg: dict, report: SplitReport) -> pd.DataFrame:
         rows.append({"path": entry.path, "label": label, "shipped": shipped, "group": group})
     if table is not None:
         report.labels_without_file = sorted(set(table.index) - seen_ids)
+    if group_regex is not None and rows and report.ungrouped_files == len(rows):
+        examples = ", ".join(PurePosixPath(r["path"]).name for r in rows[:3])
+        raise TlpipeError(f"split.group_regex {cfg['group_regex']!r} matches none of the {len(rows)} file names "
+                          f"(e.g. {examples}), so nothing would be grouped by patient. Fix the regex (it is "
+                          "searched in the file name, not the path), or set it to null.")
+    if report.ungrouped_files:
+        print(f"split: split.group_regex matched no group in {report.ungrouped_files} of {len(rows)} file names; "
+              "each of those is its own group (listed in metrics/split.json as ungrouped_files).", file=sys.stderr)
     return pd.DataFrame(rows, columns=["path", "label", "shipped", "group"])
 
 
@@ -147,6 +159,11 @@ def carve(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) ->
     n_splits = min(max(2, round(1 / fraction)), n_groups)
     if n_splits < 2:
         raise TlpipeError("split: only one group of images; cannot carve a validation or test split.")
+    largest_class = max(len(np.unique(groups[labels == label])) for label in np.unique(labels))
+    if largest_class < n_splits:
+        raise TlpipeError(f"split: too few images to carve a {fraction:.0%} split: the largest class has "
+                          f"{largest_class} image group(s), and carving needs at least {n_splits}. Add images, "
+                          "lower split.val_fraction / split.test_fraction, or ship a split (train/ val/ test/ folders).")
     folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         # Classes too small for every fold are handled (and reported) by the caller.
@@ -175,6 +192,12 @@ def assign_splits(images: pd.DataFrame, cfg: dict) -> pd.Series:
                      min(val_share, 0.5), cfg["seed"] + 1)
         split[pool[pool].index[mask]] = "val"
     split[split.isna()] = "train"
+    if not (split == "train").any():
+        shipped = ", ".join(sorted(images["shipped"].dropna().unique()))
+        raise TlpipeError(f"split: no image is left to train on: all {len(split)} images sit under folders named "
+                          f"after a split ({shipped}; e.g. {images['path'].iloc[0]}), and none under train/. If "
+                          "that folder is not a split but part of your data, rename it; otherwise put the "
+                          "training images under train/.")
     return split
 
 

@@ -19,7 +19,7 @@ from tlpipe.errors import TlpipeError
 from tlpipe.model.backbones import Backbone, block_groups
 from tlpipe.model.classifier import Classifier, make_head
 from tlpipe.model.inference import predict_logits
-from tlpipe.runtime import autocast, batches, to_float_images
+from tlpipe.runtime import autocast, to_float_images, training_batches
 from tlpipe.train.augment import Augment
 from tlpipe.train.head import class_weights, fit_logreg
 
@@ -108,7 +108,7 @@ def train_one_epoch(model: Classifier, data: Split, optimizer, scheduler, loss_f
     set_trainable(model, epoch, cfg)
     order = _sample_order(data.labels, cfg["class_balance"] == "sampler", generator).numpy()
     total_loss, seen, start = 0.0, 0, time.perf_counter()
-    for step, part in enumerate(batches(len(order), cfg["batch_size"])):
+    for step, part in enumerate(training_batches(len(order), cfg["batch_size"])):
         idx = np.sort(order[part])  # sorted rows read the memory map sequentially
         x = augment(to_float_images(data.images[idx], device, cfg["channels_last"]), generator)
         y = torch.from_numpy(data.labels[idx]).to(device)

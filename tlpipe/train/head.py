@@ -67,6 +67,9 @@ def _fit_mlp(cfg: dict, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: 
         for start in range(0, len(order), cfg["batch_size"]):
             idx = order[start:start + cfg["batch_size"]]
             loss = loss_fn(head(xt[idx]), yt[idx])
+            if not torch.isfinite(loss):
+                raise TlpipeError(f"train-head: the MLP's loss became {loss.item()} at epoch {epoch}; nothing was "
+                                  f"written. Lower head.lr (now {cfg['lr']}) or raise head.weight_decay.")
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -49,9 +49,12 @@ def _export_torchscript(model: nn.Module, example: torch.Tensor, out: Path):
 
 def _export_onnx(model: nn.Module, example: torch.Tensor, out: Path):
     try:
+        import onnx  # noqa: F401 - torch.onnx.export needs it; say so before exporting, not in a traceback
         import onnxruntime
-    except ImportError:
-        raise TlpipeError("export --format onnx needs onnx and onnxruntime: pip install -e '.[export]'.") from None
+        import onnxscript  # noqa: F401
+    except ImportError as error:
+        raise TlpipeError(f"export --format onnx needs onnx, onnxscript and onnxruntime ({error.name} is missing): "
+                          "pip install -e '.[export]'.") from None
     batch = torch.export.Dim("batch", min=1, max=4096)
     torch.onnx.export(model, (example,), str(out), input_names=["images"], output_names=["probabilities"],
                       dynamo=True, external_data=False, dynamic_shapes={"images": {0: batch}})

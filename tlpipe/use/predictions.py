@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from tlpipe.atomic import atomic_path
+from tlpipe.data.cache import read_csv
 from tlpipe.model.decision import decide
 
 TEXT_COLUMNS = ("path", "label", "predicted")
@@ -36,7 +37,7 @@ def write_table(table: pd.DataFrame, path: str | os.PathLike) -> None:
 
 def read_table(path: str | os.PathLike) -> pd.DataFrame:
     """Class names and paths stay text: a class called 'NA' or 'None' is not a missing value."""
-    return pd.read_csv(path, dtype={c: str for c in TEXT_COLUMNS}, keep_default_na=False)
+    return read_csv(path, dtype={c: str for c in TEXT_COLUMNS})
 
 
 def probabilities(table: pd.DataFrame, classes: list[str]) -> np.ndarray:
