@@ -19,20 +19,21 @@ def _positive_scores(y_true: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray,
     return onehot.ravel(), probs.ravel()
 
 
-def roc_rows(y_true: np.ndarray, probs: np.ndarray) -> list[dict]:
+def _curve_rows(y_true: np.ndarray, probs: np.ndarray, curve, names: tuple[str, str]) -> list[dict]:
+    """Rows of a scikit-learn curve (x, y, thresholds) over the positive or one-vs-rest scores."""
     truth, score = _positive_scores(y_true, probs)
     if len(np.unique(truth)) < 2:
         return []
-    fpr, tpr, _ = skm.roc_curve(truth, score, drop_intermediate=True)
-    return [{"fpr": clean(f), "tpr": clean(t)} for f, t in zip(fpr, tpr)]
+    first, second, _ = curve(truth, score, drop_intermediate=True)
+    return [{names[0]: clean(a), names[1]: clean(b)} for a, b in zip(first, second)]
+
+
+def roc_rows(y_true: np.ndarray, probs: np.ndarray) -> list[dict]:
+    return _curve_rows(y_true, probs, skm.roc_curve, ("fpr", "tpr"))
 
 
 def pr_rows(y_true: np.ndarray, probs: np.ndarray) -> list[dict]:
-    truth, score = _positive_scores(y_true, probs)
-    if len(np.unique(truth)) < 2:
-        return []
-    precision, recall, _ = skm.precision_recall_curve(truth, score, drop_intermediate=True)
-    return [{"recall": clean(r), "precision": clean(p)} for p, r in zip(precision, recall)]
+    return _curve_rows(y_true, probs, skm.precision_recall_curve, ("precision", "recall"))
 
 
 def reliability_rows(y_true: np.ndarray, probs: np.ndarray, bins: int = ECE_BINS) -> list[dict]:
