@@ -172,6 +172,31 @@ def test_empty_path_source_is_refused(source):
         params.validate(default_params() | {"data": default_params()["data"] | {"source": source}})
 
 
+@pytest.mark.parametrize("where", ["data/raw/mine", "data/raw", "data", ".", "data/cache/mine"])
+def test_a_source_inside_a_pipeline_output_is_refused_before_dvc_deletes_it(tmp_path, capsys, where):
+    """DVC removes a stage's outputs before running it; `tlpipe check` must say so while the files exist."""
+    for name in ("dvc.yaml", "params.yaml"):
+        (tmp_path / name).write_bytes((REPO / name).read_bytes())
+    make_image_tree(tmp_path / "data/raw/mine", {"a": 2, "b": 2})
+    make_image_tree(tmp_path / "models/imgs", {"a": 2})
+    before = (tree_snapshot(tmp_path / "data"), tree_snapshot(tmp_path / "models"))
+    text = (tmp_path / "params.yaml").read_text().replace("source: sklearn:digits", f"source: path:{where}")
+    (tmp_path / "params.yaml").write_text(text)
+    assert cli.main(["check", "--params", str(tmp_path / "params.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert f"'data.source' path:{where} overlaps" in err and "DVC deletes it before each run" in err
+    assert len(err.strip().splitlines()) == 1
+    assert (tree_snapshot(tmp_path / "data"), tree_snapshot(tmp_path / "models")) == before
+
+
+def test_a_source_beside_the_outputs_is_accepted(tmp_path):
+    for name in ("dvc.yaml", "params.yaml"):
+        (tmp_path / name).write_bytes((REPO / name).read_bytes())
+    text = (tmp_path / "params.yaml").read_text().replace("source: sklearn:digits", "source: path:data/source")
+    (tmp_path / "params.yaml").write_text(text)
+    assert params.load(tmp_path / "params.yaml")["data"]["source"] == "path:data/source"
+
+
 # --- labels are text -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("label", ["NA", "None", "null", "nan", "NaN", "#N-A"])

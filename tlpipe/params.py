@@ -270,4 +270,35 @@ def load(path: str | os.PathLike = "params.yaml") -> dict:
         raise TlpipeError(f"{path}: not UTF-8 text (byte {error.start}); save it as UTF-8.") from None
     except OSError as error:
         raise TlpipeError(f"{path}: cannot be read ({error.strerror}).") from None
-    return validate(parse(text, str(path)), str(path))
+    loaded = validate(parse(text, str(path)), str(path))
+    _refuse_source_inside_outputs(loaded["data"]["source"], path.parent)
+    return loaded
+
+
+def _pipeline_outputs(project: Path) -> list[Path]:
+    """Every path a stage of `project`'s dvc.yaml writes (outs, metrics, plots)."""
+    try:
+        stages = (yaml.safe_load((project / "dvc.yaml").read_text(encoding="utf-8")) or {}).get("stages", {})
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError):
+        return []
+    outputs = []
+    for stage in stages.values() if isinstance(stages, dict) else []:
+        for kind in ("outs", "metrics", "plots"):
+            for entry in (stage or {}).get(kind, []) or []:
+                outputs.extend(project / name for name in (entry if isinstance(entry, dict) else [entry]))
+    return outputs
+
+
+def _refuse_source_inside_outputs(source: str, project: Path) -> None:
+    """DVC deletes a stage's outputs before it runs it: data kept inside one would be lost."""
+    kind, _, where = source.partition(":")
+    if kind != "path":
+        return
+    src = (project / Path(where.strip()).expanduser()).resolve()
+    for output in _pipeline_outputs(project):
+        output = output.resolve()
+        if src == output or src.is_relative_to(output) or output.is_relative_to(src):
+            raise TlpipeError(
+                f"params: 'data.source' path:{where.strip()} overlaps {output.relative_to(project.resolve())}, which "
+                "the pipeline writes (DVC deletes it before each run, so your files would be lost). "
+                "Move the data set outside data/raw, data/cache, models/ and the other outputs, e.g. to data/source/.")

@@ -127,7 +127,7 @@ def _local_files(src: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
 
 def copy_local(src: Path, dest: Path) -> None:
     """Copy a local archive or folder as it is; what cannot be copied is listed on stderr."""
-    if not str(src).strip() or src == Path("."):
+    if not str(src).strip():
         raise TlpipeError("data.source: path: names no folder or archive; give one, e.g. path:/data/my-set.")
     if not src.exists():
         raise TlpipeError(f"data.source: path:{src} does not exist. Give an image folder or an archive.")
