@@ -58,6 +58,30 @@ def test_predict_with_its_input_folder_as_output_keeps_the_folder(tmp_path, caps
     assert tree_snapshot(images) == before
 
 
+@pytest.mark.parametrize("out", ["imgs/a/img000.png", "imgs", "model.pt"])
+def test_predict_never_writes_over_its_own_inputs(tmp_path, capsys, out):
+    make_image_tree(tmp_path / "imgs", {"a": 2})
+    (tmp_path / "model.pt").write_bytes(b"a model the user keeps")
+    before = tree_snapshot(tmp_path)
+    code = cli.main(["predict", str(tmp_path / "imgs"), "--model", str(tmp_path / "model.pt"), "--out", str(tmp_path / out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "is one of this command's inputs" in err or "is a folder" in err
+    assert tree_snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("out", ["model.pt", "cache/test.npy"])
+def test_export_never_writes_over_the_model_or_the_cache(tmp_path, capsys, out):
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache/test.npy").write_bytes(b"cached images")
+    (tmp_path / "model.pt").write_bytes(b"a model the user keeps")
+    before = tree_snapshot(tmp_path)
+    code = cli.main(["export", "--format", "torchscript", "--model", str(tmp_path / "model.pt"),
+                     "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / out)])
+    assert code == 2 and "is one of this command's inputs" in capsys.readouterr().err
+    assert tree_snapshot(tmp_path) == before
+
+
 def test_outputs_get_the_usual_permissions(tmp_path):
     old = os.umask(0o022)
     try:

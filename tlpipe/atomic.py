@@ -85,6 +85,20 @@ def atomic_path(final: str | os.PathLike, *, directory: bool = False):
         raise
 
 
+def refuse_overwriting_inputs(outputs, inputs) -> None:
+    """A command never writes over what it reads: an output that exists and is one of the inputs
+    (a file named, or a file inside a folder named) is refused before anything is read or written."""
+    named = [Path(path).resolve() for path in inputs]
+    for output in map(Path, outputs):
+        if not output.exists():
+            continue
+        target = output.resolve()
+        for source in named:
+            if target == source or target.is_relative_to(source):
+                raise TlpipeError(f"{output}: is one of this command's inputs ({source}); it was not overwritten "
+                                  "and nothing was written. Give an output path outside the inputs.")
+
+
 def disk_full_message(final: Path, error: OSError) -> str:
     free = shutil.disk_usage(final.parent).free / 1e9
     return (f"{final}: no space left on device while writing it ({error.strerror}; {free:.1f} GB free "

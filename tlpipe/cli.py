@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from tlpipe import params, presets
+from tlpipe.atomic import refuse_overwriting_inputs
 from tlpipe.errors import TlpipeError, user_message
 
 
@@ -34,6 +35,7 @@ def predict(args: argparse.Namespace) -> None:
     from tlpipe.runtime import pick_device, tune_malloc
 
     tune_malloc()
+    refuse_overwriting_inputs([args.out, skipped_csv_path(args.out)], [*args.paths, args.model])
     table, skipped, meta = run_predict(args.paths, args.model, args.batch_size, pick_device(args.device), args.flip_tta)
     if not len(table):
         reasons = "; ".join(f"{item['path']}: {item['reason']}" for item in skipped[:5])
@@ -42,11 +44,15 @@ def predict(args: argparse.Namespace) -> None:
     rule = f"threshold {meta['threshold']:.4f} on prob_{meta['classes'][1]}" if meta.get("threshold") is not None else "argmax"
     print(f"predict: {len(table)} images -> {args.out} (decision: {rule})")
     if skipped:
-        skipped_csv = Path(args.out).with_suffix(".skipped.csv")
+        skipped_csv = skipped_csv_path(args.out)
         write_table(pd.DataFrame(skipped), skipped_csv)
         print(f"predict: {len(skipped)} files skipped, listed in {skipped_csv}:", file=sys.stderr)
         for item in skipped[:20]:
             print(f"  {item['path']}: {item['reason']}", file=sys.stderr)
+
+
+def skipped_csv_path(out: str) -> Path:
+    return Path(out).with_suffix(".skipped.csv")
 
 
 def export(args: argparse.Namespace) -> None:

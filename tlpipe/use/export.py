@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tlpipe.atomic import atomic_path
+from tlpipe.atomic import atomic_path, refuse_overwriting_inputs
 from tlpipe.errors import TlpipeError
 from tlpipe.model.modelfile import load_model
 from tlpipe.runtime import batches, to_float_images
@@ -66,9 +66,10 @@ def export(model_path: str | Path, fmt: str, out: str | Path | None = None, cach
     """Write the exported model and its JSON sidecar; raise if it drifts more than TOLERANCE."""
     if fmt not in FORMATS:
         raise TlpipeError(f"export: unknown format '{fmt}'; use {' or '.join(FORMATS)}.")
+    out = Path(out) if out else Path(model_path).with_suffix("").with_suffix(FORMATS[fmt])
+    refuse_overwriting_inputs([out, out.with_name(out.name + ".json")], [model_path, cache_dir])
     classifier, meta = load_model(model_path)
     model = Probabilities(classifier).eval()
-    out = Path(out) if out else Path(model_path).with_suffix("").with_suffix(FORMATS[fmt])
     images, described = check_images(cache_dir, meta["input_size"])
 
     def floats(part) -> torch.Tensor:
