@@ -6,7 +6,7 @@ stage that trained it); this stage chooses nothing."""
 
 from tlpipe import params
 from tlpipe.atomic import write_json
-from tlpipe.data.cache import load_classes, load_features, load_split
+from tlpipe.data.cache import load_classes, load_head_inputs, load_split
 from tlpipe.model.decision import decide
 from tlpipe.model.inference import feature_probabilities, image_probabilities
 from tlpipe.model.modelfile import load_head, load_model
@@ -36,7 +36,7 @@ def main() -> None:
     for split in ("val", "test"):
         images, labels, index = load_split("data/cache", split)
         report["baseline"][split] = majority_baseline(train_labels, labels, len(classes))
-        probs = {"head": feature_probabilities(head, load_features("data/features", split)[0]),
+        probs = {"head": feature_probabilities(head, load_head_inputs("data/features", split, head_meta["head"])),
                  "finetune": image_probabilities(finetuned, images, cfg["batch_size"], device, cfg["flip_tta"])}
         thresholds = {"head": head_meta["threshold"], "finetune": model_meta["threshold"]}
         for model_name, model_probs in probs.items():

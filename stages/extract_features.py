@@ -1,4 +1,5 @@
-"""extract-features: the frozen backbone over data/cache/ -> data/features/{split}.npy (float32)."""
+"""extract-features: the frozen backbone over data/cache/ -> data/features/{split}.npy (float32), and with
+features.spatial_grid > 0 its last feature map average-pooled to that grid, {split}_spatial.npy (float16)."""
 
 import json
 from pathlib import Path
@@ -10,7 +11,7 @@ from tlpipe import params
 from tlpipe.atomic import atomic_path
 from tlpipe.model.backbones import create_backbone
 from tlpipe.model.classifier import Classifier
-from tlpipe.data.cache import load_split
+from tlpipe.data.cache import load_preprocess, load_split
 from tlpipe.train.features import extract_features
 from tlpipe.runtime import pick_device, tune_malloc
 from tlpipe.data import SPLITS
@@ -24,14 +25,25 @@ def main() -> None:
     backbone = create_backbone(p["backbone"]["name"], p["backbone"]["weights"])
     model = Classifier(backbone.body, nn.Identity(), backbone.mean, backbone.std)
     device = pick_device(cfg["device"])
+    size = load_preprocess("data/cache")["size"]
+    if size != backbone.input_size:  # said once, here: the first stage that sees both
+        print(f"extract-features: {p['backbone']['name']} was trained on {backbone.input_size} px images; the cache "
+              f"is {size} px (resize.size). Allowed; resize.size: {backbone.input_size} matches the weights.")
+    spatial = None
+    if cfg["spatial_grid"]:
+        maps = create_backbone(p["backbone"]["name"], p["backbone"]["weights"], spatial=True)
+        spatial = Classifier(maps.body, nn.AdaptiveAvgPool2d(cfg["spatial_grid"]), maps.mean, maps.std)
     with atomic_path("data/features", directory=True) as tmp:
         for split in SPLITS:
             images, labels, _ = load_split("data/cache", split)
             features = extract_features(model, images, cfg["batch_size"], device, cfg["flip_tta"], desc=split)
             np.save(tmp / f"{split}.npy", features.astype(np.float32))
             np.save(tmp / f"{split}_labels.npy", labels)
+            if spatial is not None:  # the last feature map on a small grid, float16, for attention heads
+                maps = extract_features(spatial, images, cfg["batch_size"], device, cfg["flip_tta"], desc=f"{split} maps")
+                np.save(tmp / f"{split}_spatial.npy", maps.astype(np.float16))
         meta = {"backbone": p["backbone"]["name"], "weights": p["backbone"]["weights"],
-                "num_features": backbone.num_features}
+                "num_features": backbone.num_features, "spatial_grid": cfg["spatial_grid"]}
         (Path(tmp) / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 

@@ -1,44 +1,45 @@
 """finetune: backbone + head end to end from data/cache/ -> models/model.pt + metrics + curves."""
 
+import time
+
 import torch
 
 from tlpipe import params
 from tlpipe.atomic import atomic_path, write_json
-from tlpipe.model.backbones import create_backbone
-from tlpipe.data.cache import load_classes, load_features, load_preprocess, load_split
+from tlpipe.data.cache import load_preprocess
 from tlpipe.model.decision import fit_threshold
 from tlpipe.model.inference import image_probabilities
 from tlpipe.model.modelfile import model_checkpoint
-from tlpipe.train.finetune import Features, Split, build_model, fit
+from tlpipe.train.finetune import fit
+from tlpipe.train.session import prepare
 from tlpipe.runtime import pick_device, seed_everything, tune_malloc
 from tlpipe.stage import run
 
 
 def main() -> None:
+    started = time.perf_counter()
     tune_malloc()
     p = params.load()
-    cfg = p["finetune"]
-    seed_everything(cfg["seed"], cfg["deterministic"])
-    classes = load_classes("data/cache")
-    train_images, train_labels, _ = load_split("data/cache", "train")
-    val_images, val_labels, _ = load_split("data/cache", "val")
-    backbone = create_backbone(p["backbone"]["name"], p["backbone"]["weights"])
-    probe = Features(*load_features("data/features", "train"))
-    model = build_model(backbone, len(classes), cfg, probe)
-    device = pick_device(cfg["device"])
-    result = fit(model, Split(train_images, train_labels), Split(val_images, val_labels), cfg,
-                 len(classes), device)
+    seed_everything(p["finetune"]["seed"], p["finetune"]["deterministic"])
+    device = pick_device(p["finetune"]["device"])
+    session = prepare(p, device)
+    cfg, model, classes = session.cfg, session.model, session.classes
+    result = fit(model, session.train, session.val, cfg, len(classes), device)
     threshold = None
     if len(classes) == 2:  # the rule is chosen here, on validation, and stored in model.pt for every user of it
-        threshold = fit_threshold(val_labels, image_probabilities(model, val_images, cfg["batch_size"] * 2, device))
+        threshold = fit_threshold(session.val.labels,
+                                  image_probabilities(model, session.val.images, cfg["batch_size"] * 2, device))
     checkpoint = model_checkpoint(model.cpu(), p["backbone"]["name"], classes, load_preprocess("data/cache"),
                                   cfg, result.best_epoch, threshold)
     with atomic_path("models/model.pt") as tmp:
         torch.save(checkpoint, tmp)
     best = result.history[result.best_epoch] if result.history else {}
     write_json("metrics/finetune.json", {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
-                                         **{k: v for k, v in best.items() if k != "step"}})
+                                         **{k: v for k, v in best.items() if k != "step"}, **session.choices,
+                                         "wall_s": round(time.perf_counter() - started, 1)})
     write_json("plots/finetune/curve.json", result.history)
+    # Always written (DVC declares it): the range test's curve with finetune.lr auto, else empty.
+    write_json("plots/finetune/lr_find.json", session.lr_curve.rows if session.lr_curve else [])
 
 
 if __name__ == "__main__":

@@ -1,22 +1,27 @@
 """train-head: a classifier on the frozen features -> models/head.pt + metrics + curve."""
 
+import time
+
 import torch
 
 from tlpipe import params
 from tlpipe.atomic import atomic_path, write_json
-from tlpipe.data.cache import load_classes, load_features
+from tlpipe.data.cache import load_classes, load_features, load_spatial_features
 from tlpipe.train.head import train_head
 from tlpipe.stage import run
 
 
 def main() -> None:
+    started = time.perf_counter()
     cfg = params.load()["head"]
     x, y = load_features("data/features", "train")
     x_val, y_val = load_features("data/features", "val")
+    if cfg["kind"] == "attention":  # attention pools the feature maps, not the pooled features
+        x, x_val = load_spatial_features("data/features", "train"), load_spatial_features("data/features", "val")
     checkpoint, metrics, curve = train_head(cfg, x, y, x_val, y_val, load_classes("data/cache"))
     with atomic_path("models/head.pt") as tmp:
         torch.save(checkpoint, tmp)
-    write_json("metrics/train_head.json", metrics)
+    write_json("metrics/train_head.json", metrics | {"wall_s": round(time.perf_counter() - started, 1)})
     write_json("plots/train_head/curve.json", curve)
     print(f"train-head ({cfg['kind']}): val accuracy {metrics['val']['accuracy']:.4f}")
 

@@ -82,7 +82,7 @@ def test_unfreeze_last_blocks_and_discriminative_rates():
     model, _ = tiny_model()
     blocks = block_groups(model.body)
     assert len(blocks) >= 8
-    ft.set_trainable(model, epoch=1, cfg=tiny_cfg(freeze_epochs=1, unfreeze=2))
+    ft.set_trainable(model, epoch=1, cfg=tiny_cfg(freeze_epochs=1, strategy="last_blocks", unfreeze=2))
     trainable = [any(p.requires_grad for p in b.parameters()) for b in blocks]
     assert trainable == [False] * (len(blocks) - 2) + [True, True]
     rates = [g["lr"] for g in ft.param_groups(model, 1.0, 0.5)]

@@ -64,6 +64,31 @@ def export(args: argparse.Namespace) -> None:
           f"on {checked['on']}; preprocessing in {sidecar['model']}.json")
 
 
+def lr_find(args: argparse.Namespace) -> None:
+    from tlpipe.atomic import write_json
+    from tlpipe.runtime import pick_device, seed_everything, tune_malloc
+    from tlpipe.train.lr_find import text_chart
+    from tlpipe.train.session import prepare
+
+    tune_malloc()
+    p = params.load(args.params)
+    seed_everything(p["finetune"]["seed"], p["finetune"]["deterministic"])
+    session = prepare(p, pick_device(p["finetune"]["device"]), find_lr=True)
+    write_json(args.out, session.lr_curve.rows)
+    print(text_chart(session.lr_curve, session.choices["lr_find"]["suggested_lr"]))
+    print(f"lr-find: curve of {len(session.lr_curve.rows)} steps -> {args.out} (columns lr, log10_lr, loss, "
+          "smoothed_loss); finetune.lr: auto trains with the suggested rate.")
+
+
+def compare(args: argparse.Namespace) -> None:
+    from tlpipe.use.compare import markdown, table, write
+
+    frame = table(args.revisions)
+    paths = write(frame, args.out)
+    print(markdown(frame), end="")
+    print(f"compare: {len(frame)} runs -> {paths['markdown']}, {paths['csv']}, {paths['chart']}")
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -121,6 +146,24 @@ def build_parser() -> argparse.ArgumentParser:
     export_parser.add_argument("--cache", default="data/cache",
                                help="cache folder whose test split is used for the check (default: %(default)s)")
     export_parser.set_defaults(func=export)
+    lr_parser = verbs.add_parser(
+        "lr-find", help="run the learning-rate range test and show its curve, without training",
+        description="The range test finetune runs with finetune.lr: auto (the same model, data, seed and "
+                    "finetune.lr_find_* settings, so the same curve), shown as text and written as JSON; "
+                    "needs data/cache and data/features (dvc repro extract-features).")
+    lr_parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    lr_parser.add_argument("--out", default="lr_find.json", help="curve to write (default: %(default)s)")
+    lr_parser.set_defaults(func=lr_find)
+    compare_parser = verbs.add_parser(
+        "compare", help="one table of experiments (or branches/commits): params against val/test metrics",
+        description="Without REV: every experiment of the current commit (`dvc exp show --json`). Each row: "
+                    "backbone, strategy, head, size, epochs, lr against the fine-tuned model's validation and "
+                    "test accuracy, balanced accuracy, log loss, macro precision/recall/F1, kappa, ROC AUC, and "
+                    "the wall times of train-head and finetune, read from the metrics files of that revision. "
+                    "Writes OUT/comparison.md, .csv and a bar chart .png.")
+    compare_parser.add_argument("revisions", nargs="*", metavar="REV", help="branches, tags, commits or experiment names")
+    compare_parser.add_argument("--out", default="comparison", help="folder to write to (default: %(default)s)")
+    compare_parser.set_defaults(func=compare)
     return parser
 
 

@@ -82,12 +82,13 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "batch_size": POSITIVE_INT,
         "flip_tta": BOOL,
         "device": Spec(str, choices=("auto", "cpu", "cuda")),
+        "spatial_grid": Spec(int, min=0, max=16),
     },
     "head": {
-        "kind": Spec(str, choices=("logreg", "mlp")),
+        "kind": Spec(str, choices=("logreg", "mlp", "attention")),
         "C": POSITIVE,
         "class_weight": Spec(str, choices=("balanced", "none")),
-        "hidden": POSITIVE_INT,
+        "hidden": Spec((list, int), min=1),
         "dropout": Spec(NUM, min=0, max=0.95),
         "epochs": POSITIVE_INT,
         "lr": POSITIVE,
@@ -100,13 +101,18 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "freeze_epochs": NON_NEGATIVE_INT,
         "unfreeze": Spec((str, int), min=1),
         "batch_size": POSITIVE_INT,
-        "lr": POSITIVE,
+        "lr": Spec((str, int, float), min=0, min_exclusive=True),
+        "lr_find_steps": Spec(int, min=10),
+        "lr_find_min": POSITIVE,
+        "lr_find_max": POSITIVE,
+        "strategy": Spec(str, choices=("head", "last_blocks", "all", "auto")),
         "layer_decay": Spec(NUM, min=0, max=1, min_exclusive=True),
         "weight_decay": NON_NEGATIVE,
         "label_smoothing": Spec(NUM, min=0, max=0.5),
         "ema_decay": Spec(NUM, min=0, max=0.9999),
         "class_balance": Spec(str, choices=("none", "weights", "sampler")),
         "bn_policy": Spec(str, choices=("train", "freeze")),
+        "head": Spec(str, choices=("linear", "attention")),
         "head_init": Spec(str, choices=("probe", "random")),
         "probe_C": POSITIVE,
         "aug_scale_min": Spec(NUM, min=0.05, max=1),
@@ -174,6 +180,23 @@ def _check_cross_field(params: dict) -> None:
         raise TlpipeError(
             f"params: 'finetune.unfreeze' must be 'all' or a number of last blocks (>= 1), got {unfreeze!r}."
         )
+    hidden = params["head"]["hidden"]
+    if isinstance(hidden, list) and not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden):
+        raise TlpipeError(f"params: 'head.hidden' must be a list of hidden layer widths (whole numbers >= 1), e.g. "
+                          f"[512] or [512, 256], got {hidden!r}.")
+    if params["head"]["kind"] == "mlp" and hidden == []:
+        raise TlpipeError("params: 'head.kind: mlp' needs at least one hidden layer in 'head.hidden', e.g. [512]; "
+                          "no hidden layer is head.kind: logreg.")
+    tune = params["finetune"]
+    if isinstance(tune["lr"], str) and tune["lr"] != "auto":
+        raise TlpipeError(f"params: 'finetune.lr' must be a number > 0 or 'auto' (a range test picks it), "
+                          f"got {tune['lr']!r}.")
+    if tune["lr_find_min"] >= tune["lr_find_max"]:
+        raise TlpipeError(f"params: 'finetune.lr_find_min' must be below 'finetune.lr_find_max', got "
+                          f"{tune['lr_find_min']} and {tune['lr_find_max']}.")
+    if tune["strategy"] == "last_blocks" and unfreeze == "all":
+        raise TlpipeError("params: 'finetune.strategy: last_blocks' needs 'finetune.unfreeze' as a number of "
+                          "last block groups (e.g. 3); 'all' is what 'finetune.strategy: all' does.")
     if split["group_regex"] is not None:
         try:
             pattern = re.compile(split["group_regex"])

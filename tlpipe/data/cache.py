@@ -76,3 +76,20 @@ def load_features(features_dir: str | os.PathLike, split: str) -> tuple[np.ndarr
     """(features (N, F) float32, label indices (N,)) of one split, as extract-features wrote them."""
     features_dir = Path(features_dir)
     return read_array(features_dir / f"{split}.npy"), read_array(features_dir / f"{split}_labels.npy")
+
+
+def load_spatial_features(features_dir: str | os.PathLike, split: str) -> np.ndarray:
+    """(N, C, g, g) float16: the backbone's last feature map on a g x g grid, for attention heads."""
+    path = Path(features_dir) / f"{split}_spatial.npy"
+    if not path.exists():
+        raise TlpipeError(f"{path}: missing: an attention head pools the backbone's feature maps, which "
+                          "extract-features stores only with features.spatial_grid > 0. Set features.spatial_grid: 4 "
+                          "in params.yaml and run `dvc repro`.")
+    return read_array(path, mmap=True)
+
+
+def load_head_inputs(features_dir: str | os.PathLike, split: str, head_spec: dict) -> np.ndarray:
+    """What a head of `head_spec` (as stored in head.pt) reads: feature maps for attention, else features."""
+    if head_spec.get("pooling") == "attention":
+        return load_spatial_features(features_dir, split)
+    return load_features(features_dir, split)[0]

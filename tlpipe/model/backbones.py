@@ -26,7 +26,7 @@ DOWNLOAD_TIMEOUT_S = 30
 
 @dataclass
 class Backbone:
-    body: nn.Module          # normalised (N, 3, H, W) -> (N, num_features)
+    body: nn.Module          # normalised (N, 3, H, W) -> (N, num_features); spatial: (N, num_features, h, w)
     num_features: int
     input_size: int          # the size the weights were trained at
     mean: tuple[float, float, float]
@@ -54,11 +54,45 @@ def _strip_last_linear(model: nn.Module) -> int:
     return last.in_features
 
 
+def _drop_auxiliary(model: nn.Module) -> None:
+    """Inception-v3 and GoogLeNet return (logits, aux logits) in training; their auxiliary classifiers
+    predict ImageNet classes from a middle layer and are no part of a transfer-learned model, so
+    they are removed and the training forward returns the features alone, as in eval."""
+    if getattr(model, "aux_logits", False):
+        model.aux_logits = False
+        for name in ("AuxLogits", "aux1", "aux2"):
+            if hasattr(model, name):
+                setattr(model, name, None)
+
+
+class _LastFeatureMap(nn.Module):
+    """A torchvision model cut before its global pooling: (N, 3, H, W) -> (N, C, h, w)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+        nodes = get_graph_node_names(model)[1]
+        pools = [i for i, node in enumerate(nodes) if node.split(".")[-1] in ("avgpool", "adaptive_avg_pool2d")]
+        if not pools or pools[-1] == 0:
+            raise TlpipeError("backbone: this torchvision model has no global pooling to take its last feature "
+                              "map from (head.kind / finetune.head attention); use a linear or mlp head.")
+        self.extractor = create_feature_extractor(model, return_nodes={nodes[pools[-1] - 1]: "map"})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.extractor(x)["map"]
+
+
+def _channels(body: nn.Module, size: int) -> int:
+    with torch.no_grad():
+        return int(body.eval()(torch.zeros(1, 3, size, size)).shape[1])
+
+
 def _torchvision_names() -> list[str]:
     return torchvision.models.list_models(module=torchvision.models)
 
 
-def _torchvision(name: str, pretrained: bool) -> Backbone:
+def _torchvision(name: str, pretrained: bool, spatial: bool = False) -> Backbone:
     if name not in _torchvision_names():
         options = [*OFFLINE_BACKBONES, *_torchvision_names()]
         close = difflib.get_close_matches(name, options, n=3, cutoff=0.6)
@@ -76,11 +110,15 @@ def _torchvision(name: str, pretrained: bool) -> Backbone:
     finally:
         socket.setdefaulttimeout(previous)
     preset = weights.transforms()
-    return Backbone(model, _strip_last_linear(model), int(preset.crop_size[0]),
-                    tuple(preset.mean), tuple(preset.std))
+    _drop_auxiliary(model)
+    size = int(preset.crop_size[0])
+    if spatial:
+        body = _LastFeatureMap(model)
+        return Backbone(body, _channels(body, size), size, tuple(preset.mean), tuple(preset.std))
+    return Backbone(model, _strip_last_linear(model), size, tuple(preset.mean), tuple(preset.std))
 
 
-def _timm(name: str, pretrained: bool) -> Backbone:
+def _timm(name: str, pretrained: bool, spatial: bool = False) -> Backbone:
     import timm
 
     if not timm.list_models(name):
@@ -88,7 +126,7 @@ def _timm(name: str, pretrained: bool) -> Backbone:
         hint = f" Did you mean {', '.join('timm:' + c for c in close)}?" if close else ""
         raise TlpipeError(f"backbone.name: unknown timm model '{name}'.{hint}")
     try:
-        model = timm.create_model(name, pretrained=pretrained, num_classes=0)
+        model = timm.create_model(name, pretrained=pretrained, num_classes=0, **({"global_pool": ""} if spatial else {}))
     except Exception as error:  # noqa: BLE001 - the hub raises many kinds when offline
         raise TlpipeError(f"{_offline_hint('timm:' + name)} ({type(error).__name__}: {error})") from None
     config = timm.data.resolve_data_config({}, model=model)
@@ -96,24 +134,26 @@ def _timm(name: str, pretrained: bool) -> Backbone:
                     tuple(config["mean"]), tuple(config["std"]))
 
 
-def create_backbone(name: str, weights: str) -> Backbone:
+def create_backbone(name: str, weights: str, spatial: bool = False) -> Backbone:
+    """The backbone `name`; `spatial`: its last feature map (N, C, h, w) instead of pooled features,
+    for attention pooling."""
     if weights == "none":
         # Random init is seeded on its own so that runs (and tests) without weights reproduce
         # without touching the caller's random state.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            return _create_backbone(name, pretrained=False)
-    return _create_backbone(name, pretrained=True)
+            return _create_backbone(name, False, spatial)
+    return _create_backbone(name, True, spatial)
 
 
-def _create_backbone(name: str, pretrained: bool) -> Backbone:
+def _create_backbone(name: str, pretrained: bool, spatial: bool) -> Backbone:
     if name in LITE_INPUT_SIZE:
         model = efficientnet_lite(name, pretrained)
-        model.reset_classifier(0)
+        model.reset_classifier(0, global_pool="" if spatial else "avg")
         return Backbone(model, model.num_features, LITE_INPUT_SIZE[name], LITE_MEAN_STD, LITE_MEAN_STD)
     if name.startswith("timm:"):
-        return _timm(name.removeprefix("timm:"), pretrained)
-    return _torchvision(name, pretrained)
+        return _timm(name.removeprefix("timm:"), pretrained, spatial)
+    return _torchvision(name, pretrained, spatial)
 
 
 def block_groups(body: nn.Module) -> list[nn.Module]:

@@ -28,6 +28,47 @@ def make_head(in_features: int, num_classes: int, hidden: Sequence[int] = (), dr
     return nn.Sequential(*layers, nn.Linear(width, num_classes))
 
 
+class AttentionPool(nn.Module):
+    """Attention pooling over the positions of a feature map: (N, C, h, w) -> (N, C).
+
+    A 1x1 convolution scores each position, a softmax over the positions turns the scores into
+    weights that sum to 1, and the features are their weighted sum. The scorer starts at zero, so
+    the weights start uniform and the pooling starts as global average pooling: a head fitted on
+    average-pooled features (the linear probe) is exact at the first step.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.score = nn.Conv2d(channels, 1, kernel_size=1)
+        nn.init.zeros_(self.score.weight)
+        nn.init.zeros_(self.score.bias)
+
+    def weights(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, h, w) -> (N, h * w) pooling weights, each row summing to 1."""
+        return torch.softmax(self.score(x).flatten(1).float(), dim=1).to(x.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("ncp,np->nc", x.flatten(2), self.weights(x))
+
+
+class AttentionHead(nn.Module):
+    """Attention pooling, then a linear layer or an MLP: the head of a spatial backbone."""
+
+    def __init__(self, channels: int, num_classes: int, hidden: Sequence[int] = (), dropout: float = 0.0):
+        super().__init__()
+        self.pool = AttentionPool(channels)
+        self.classify = make_head(channels, num_classes, hidden, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.pool(x))
+
+
+def _main_output(out):
+    """Models whose training forward returns more than one output (a named tuple of logits and
+    auxiliary logits) give their main output."""
+    return out[0] if isinstance(out, tuple) else out
+
+
 class Classifier(nn.Module):
     """Images as floats in [0, 1], (N, 3, H, W) -> class logits. Normalisation is built in."""
 
@@ -38,4 +79,4 @@ class Classifier(nn.Module):
         self.head = head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(self.normalize(x)))
+        return self.head(_main_output(self.body(self.normalize(x))))

@@ -32,6 +32,8 @@ def image_probabilities(model: nn.Module, images: np.ndarray, batch_size: int, d
 
 @torch.no_grad()
 def feature_probabilities(head: nn.Module, features: np.ndarray) -> np.ndarray:
-    """Class probabilities (float64) of a head on frozen features."""
+    """Class probabilities (float64) of a head on frozen features (or feature maps, for attention heads)."""
     head.eval()
-    return torch.softmax(head(torch.from_numpy(np.asarray(features)).float()).double(), dim=1).numpy()
+    parts = [torch.softmax(head(torch.from_numpy(np.array(features[part], dtype=np.float32))).double(), dim=1)
+             for part in batches(len(features), 1024)]
+    return torch.cat(parts).numpy() if parts else np.zeros((0, 0))

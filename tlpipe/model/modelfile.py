@@ -12,20 +12,28 @@ from torch import nn
 
 from tlpipe.errors import TlpipeError
 from tlpipe.model.backbones import create_backbone
-from tlpipe.model.classifier import Classifier, make_head
+from tlpipe.model.classifier import AttentionHead, Classifier, make_head
 
 MODEL_FORMAT = "tlpipe.model/1"
 HEAD_FORMAT = "tlpipe.head/1"
 
 
 def head_spec(head: nn.Module) -> dict:
-    """The architecture of a head made by make_head, as plain values."""
+    """The architecture of a head made by make_head (or an AttentionHead), as plain values."""
+    if isinstance(head, AttentionHead):
+        return head_spec(head.classify) | {"pooling": "attention"}
     if isinstance(head, nn.Linear):
         return {"in_features": head.in_features, "hidden": [], "dropout": 0.0, "num_classes": head.out_features}
     linears = [m for m in head if isinstance(m, nn.Linear)]
     dropouts = [m.p for m in head if isinstance(m, nn.Dropout)]
     return {"in_features": linears[0].in_features, "hidden": [m.out_features for m in linears[:-1]],
             "dropout": float(dropouts[0]) if dropouts else 0.0, "num_classes": linears[-1].out_features}
+
+
+def build_head(spec: dict) -> nn.Module:
+    """The (untrained) head a spec describes; a spec without `pooling` is a plain make_head."""
+    args = (spec["in_features"], spec["num_classes"], spec["hidden"], spec["dropout"])
+    return AttentionHead(*args) if spec.get("pooling") == "attention" else make_head(*args)
 
 
 def _tensors(module: nn.Module) -> dict:
@@ -89,10 +97,10 @@ def _load_state(module: nn.Module, state_dict: dict, path) -> None:
 def load_model(path: str | os.PathLike) -> tuple[Classifier, dict]:
     """Rebuild the fine-tuned classifier from models/model.pt alone, in eval mode."""
     checkpoint = _read(path, MODEL_FORMAT, "finetune")
-    backbone = create_backbone(checkpoint["backbone"], "none")
     spec = checkpoint["head"]
-    model = Classifier(backbone.body, make_head(backbone.num_features, spec["num_classes"], spec["hidden"],
-                                                spec["dropout"]), checkpoint["mean"], checkpoint["std"])
+    backbone = create_backbone(checkpoint["backbone"], "none", spatial=spec.get("pooling") == "attention")
+    model = Classifier(backbone.body, build_head(spec | {"in_features": backbone.num_features}),
+                       checkpoint["mean"], checkpoint["std"])
     _load_state(model, checkpoint["state_dict"], path)
     return model.eval(), checkpoint
 
@@ -101,6 +109,6 @@ def load_head(path: str | os.PathLike) -> tuple[nn.Module, dict]:
     """Rebuild the head on frozen features from models/head.pt, in eval mode."""
     checkpoint = _read(path, HEAD_FORMAT, "train-head")
     spec = checkpoint["head"]
-    head = make_head(spec["in_features"], spec["num_classes"], spec["hidden"], spec["dropout"])
+    head = build_head(spec)
     _load_state(head, checkpoint["state_dict"], path)
     return head.eval(), checkpoint

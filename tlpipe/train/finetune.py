@@ -17,11 +17,13 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from tlpipe.errors import TlpipeError
 from tlpipe.model.backbones import Backbone, block_groups
-from tlpipe.model.classifier import Classifier, make_head
+from tlpipe.model.classifier import AttentionHead, Classifier, make_head
 from tlpipe.model.inference import predict_logits
 from tlpipe.runtime import autocast, to_float_images, training_batches
 from tlpipe.train.augment import Augment
 from tlpipe.train.head import class_weights, fit_logreg
+from tlpipe.train.lr_find import LrCurve, range_test
+from tlpipe.train.strategy import set_trainable, trainable_blocks  # noqa: F401 - part of this module's interface
 
 HIGHER_IS_BETTER = {"val_loss": False, "val_accuracy": True, "val_balanced_accuracy": True, "val_quadratic_kappa": True}
 
@@ -57,6 +59,10 @@ def build_model(backbone: Backbone, num_classes: int, cfg: dict, probe: Features
                               "run `dvc repro` so that extract-features reruns.")
         head = fit_logreg(probe.values, probe.labels, num_classes, cfg["probe_C"],
                           cfg["class_balance"] != "none", cfg["seed"])
+    if cfg["head"] == "attention":  # (a spatial backbone) its pooling starts uniform: the probe is exact at first
+        attention = AttentionHead(backbone.num_features, num_classes)
+        attention.classify = head
+        head = attention
     return Classifier(backbone.body, head, backbone.mean, backbone.std)
 
 
@@ -66,32 +72,6 @@ def param_groups(model: Classifier, lr: float, layer_decay: float) -> list[dict]
     for depth, block in enumerate(reversed(block_groups(model.body)), start=1):
         groups.append({"params": list(block.parameters()), "lr": lr * layer_decay**depth, "name": f"body-{depth}"})
     return groups
-
-
-def trainable_blocks(model: Classifier, epoch: int, cfg: dict) -> list[nn.Module]:
-    blocks = block_groups(model.body)
-    if epoch < cfg["freeze_epochs"]:
-        return []
-    return blocks if cfg["unfreeze"] == "all" else blocks[-int(cfg["unfreeze"]):]
-
-
-def set_trainable(model: Classifier, epoch: int, cfg: dict) -> None:
-    """Freeze the body but the blocks this epoch trains, and set BatchNorm by `bn_policy`.
-
-    `freeze` keeps every BatchNorm layer on its stored statistics (its scale and shift still
-    learn once unfrozen): replacing ImageNet statistics by those of a few small batches changes
-    every feature the head was fitted on, and on small data sets fine-tuning then collapses.
-    `train` lets the BatchNorm layers of the trained blocks update their statistics.
-    """
-    train_blocks = trainable_blocks(model, epoch, cfg)
-    model.body.requires_grad_(False)
-    for block in train_blocks:
-        block.requires_grad_(True)
-    model.train()
-    updating = {id(m) for block in train_blocks for m in block.modules()} if cfg["bn_policy"] == "train" else set()
-    for module in model.body.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and id(module) not in updating:
-            module.eval()
 
 
 def _sample_order(labels: np.ndarray, balanced: bool, generator: torch.Generator) -> torch.Tensor:
@@ -148,12 +128,9 @@ def _is_better(metric: str, value: float, best: float | None) -> bool:
     return value > best if HIGHER_IS_BETTER[metric] else value < best
 
 
-def fit(model: Classifier, train: Split, val: Split, cfg: dict, num_classes: int, device: torch.device,
-        log: Callable[[str], None] = print) -> FitResult:
-    """Train for `cfg['epochs']`, keeping the weights of the best epoch on `early_stop_metric`."""
-    if len(train.labels) == 0 or len(val.labels) == 0:
-        raise TlpipeError("finetune: the train and val splits must both hold images.")
-    generator = torch.Generator().manual_seed(cfg["seed"])
+def _training_setup(model: Classifier, train: Split, cfg: dict, num_classes: int, device: torch.device,
+                    lr: float) -> tuple[nn.Module, list[dict], Augment]:
+    """Model on `device`; (loss, optimizer param groups at head rate `lr`, augmentation) as training uses them."""
     model.to(device)
     if cfg["channels_last"]:
         model.to(memory_format=torch.channels_last)
@@ -161,12 +138,30 @@ def fit(model: Classifier, train: Split, val: Split, cfg: dict, num_classes: int
     if cfg["class_balance"] == "weights":
         weight = torch.tensor(class_weights(train.labels, num_classes), dtype=torch.float32, device=device)
     loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg["label_smoothing"])
-    groups = param_groups(model, cfg["lr"], cfg["layer_decay"])
+    augment = Augment(cfg["aug_scale_min"], flip=cfg["aug_flip"], rotation=cfg["aug_rotation"], jitter=cfg["aug_jitter"])
+    return loss_fn, param_groups(model, lr, cfg["layer_decay"]), augment
+
+
+def lr_range_test(model: Classifier, train: Split, cfg: dict, num_classes: int, device: torch.device) -> LrCurve:
+    """The learning-rate range test (tlpipe.train.lr_find) on what the unfrozen phase trains, with the
+    same loss, rates across block groups and augmentation; the model is left as it was."""
+    loss_fn, groups, augment = _training_setup(model, train, cfg, num_classes, device, 1.0)
+    unfrozen_epoch = cfg["freeze_epochs"] if cfg["epochs"] > cfg["freeze_epochs"] else 0
+    set_trainable(model, unfrozen_epoch, cfg)
+    return range_test(model, train.images, train.labels, groups, loss_fn, augment, cfg, device)
+
+
+def fit(model: Classifier, train: Split, val: Split, cfg: dict, num_classes: int, device: torch.device,
+        log: Callable[[str], None] = print) -> FitResult:
+    """Train for `cfg['epochs']`, keeping the weights of the best epoch on `early_stop_metric`."""
+    if len(train.labels) == 0 or len(val.labels) == 0:
+        raise TlpipeError("finetune: the train and val splits must both hold images.")
+    generator = torch.Generator().manual_seed(cfg["seed"])
+    loss_fn, groups, augment = _training_setup(model, train, cfg, num_classes, device, cfg["lr"])
     optimizer = torch.optim.AdamW(groups, weight_decay=cfg["weight_decay"])
     steps_per_epoch = -(-len(train.labels) // cfg["batch_size"])
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=[g["lr"] for g in groups], total_steps=max(1, cfg["epochs"] * steps_per_epoch))
-    augment = Augment(cfg["aug_scale_min"], flip=cfg["aug_flip"], rotation=cfg["aug_rotation"], jitter=cfg["aug_jitter"])
     # An exponential moving average of the weights (ema_decay > 0) is what gets validated and kept:
     # averaged weights sit in flatter minima and tend to carry better to shifted test data.
     average = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg["ema_decay"]), use_buffers=True)

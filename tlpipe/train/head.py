@@ -1,7 +1,9 @@
 """The train-head stage: a classifier on frozen features, in seconds.
 
 `logreg` is scikit-learn's LogisticRegression on standardised features, folded back into one
-torch Linear layer so that finetune can start from it; `mlp` is a small torch network.
+torch Linear layer so that finetune can start from it; `mlp` is a torch network with any number
+of hidden layers (`head.hidden: [512, 256]`); `attention` pools the cached feature maps
+(features.spatial_grid) with learned attention weights, then classifies (linear, or the MLP).
 Both are saved as the same self-describing head file (tlpipe.model.modelfile).
 """
 
@@ -16,7 +18,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 
 from tlpipe.errors import TlpipeError
-from tlpipe.model.classifier import make_head
+from tlpipe.model.classifier import AttentionHead, make_head
 from tlpipe.model.decision import fit_threshold
 from tlpipe.model.inference import feature_probabilities
 from tlpipe.model.modelfile import head_checkpoint
@@ -49,16 +51,33 @@ def fit_logreg(x: np.ndarray, y: np.ndarray, num_classes: int, C: float, balance
     return layer
 
 
-def _fit_mlp(cfg: dict, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
-             num_classes: int) -> tuple[nn.Module, list[dict]]:
-    generator = torch.Generator().manual_seed(cfg["seed"])
+def hidden_units(hidden: int | list[int]) -> list[int]:
+    """head.hidden as a list of layer widths ([512, 256]); one number is one hidden layer."""
+    return [hidden] if isinstance(hidden, int) else list(hidden)
+
+
+def _torch_head(cfg: dict, x: np.ndarray, num_classes: int) -> nn.Module:
     torch.manual_seed(cfg["seed"])
-    head = make_head(x.shape[1], num_classes, [cfg["hidden"]], cfg["dropout"])
+    if cfg["kind"] == "attention":
+        if x.ndim != 4:
+            raise TlpipeError("train-head: head.kind attention needs feature maps (N, C, g, g); set "
+                              "features.spatial_grid > 0 and run `dvc repro`.")
+        return AttentionHead(x.shape[1], num_classes, hidden_units(cfg["hidden"]), cfg["dropout"])
+    return make_head(x.shape[1], num_classes, hidden_units(cfg["hidden"]), cfg["dropout"])
+
+
+def _fit_torch_head(cfg: dict, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+                    num_classes: int) -> tuple[nn.Module, list[dict]]:
+    """An MLP on features, or attention pooling + a head on feature maps, by AdamW; the epoch of the
+    lowest validation loss is kept."""
+    generator = torch.Generator().manual_seed(cfg["seed"])
+    head = _torch_head(cfg, x, num_classes)
     weight = torch.tensor(class_weights(y, num_classes), dtype=torch.float32) if cfg["class_weight"] == "balanced" else None
     loss_fn = nn.CrossEntropyLoss(weight=weight)
     optimizer = torch.optim.AdamW(head.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    xt, yt = torch.from_numpy(x).float(), torch.from_numpy(y).long()
-    xv, yv = torch.from_numpy(x_val).float(), torch.from_numpy(y_val).long()
+    # float16 feature maps are widened to float32 here, once: a few hundred MB at most for CI-sized sets
+    xt, yt = torch.from_numpy(np.array(x, dtype=np.float32)), torch.from_numpy(y).long()
+    xv, yv = torch.from_numpy(np.array(x_val, dtype=np.float32)), torch.from_numpy(y_val).long()
     curve, best, best_loss = [], None, float("inf")
     for epoch in range(cfg["epochs"]):
         head.train()
@@ -96,7 +115,7 @@ def train_head(cfg: dict, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val
     if cfg["kind"] == "logreg":
         head = fit_logreg(x, y, num_classes, cfg["C"], cfg["class_weight"] == "balanced", cfg["seed"])
     else:
-        head, curve = _fit_mlp(cfg, x, y, x_val, y_val, num_classes)
+        head, curve = _fit_torch_head(cfg, x, y, x_val, y_val, num_classes)
     probs = {"train": feature_probabilities(head, x), "val": feature_probabilities(head, x_val)}
     checkpoint = head_checkpoint(head, classes, threshold=fit_threshold(y_val, probs["val"]), kind=cfg["kind"])
     metrics = {}

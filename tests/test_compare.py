@@ -1,0 +1,78 @@
+"""`tlpipe compare` on three queued DVC experiments: the table's numbers are each experiment's own
+metrics files, and the chart is written."""
+
+import json
+import subprocess
+import time
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import make_image_tree, run
+from test_pipeline import set_params
+
+pytestmark = pytest.mark.slow
+
+QUEUE_TIMEOUT_S = 1200
+
+
+def wait_for_queue(project) -> None:
+    deadline = time.monotonic() + QUEUE_TIMEOUT_S
+    while time.monotonic() < deadline:
+        status = run(["dvc", "queue", "status"], project).stdout
+        if not any(word in status for word in ("Queued", "Running")):
+            return
+        time.sleep(3)
+    raise AssertionError(f"the queue did not finish in {QUEUE_TIMEOUT_S} s:\n{status}")
+
+
+def test_compare_three_queued_experiments(dvc_project, tmp_path):
+    project = dvc_project
+    make_image_tree(tmp_path / "images", {"circle": 24, "square": 24})
+    set_params(project, **{
+        "data.source": f"path:{tmp_path / 'images'}", "resize.size": 32, "backbone.weights": "none",
+        "finetune.epochs": 1, "finetune.batch_size": 16, "features.batch_size": 32, "report.top_losses": 4,
+    })
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "pipeline"], project)
+    run(["dvc", "repro"], project)
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "baseline run"], project)
+
+    grid = {"e-head": ["finetune.strategy=head"], "e-last": ["finetune.strategy=last_blocks", "finetune.unfreeze=2"],
+            "e-all": ["finetune.strategy=all", "finetune.epochs=2"]}
+    for name, sets in grid.items():
+        run(["dvc", "exp", "run", "--queue", "-n", name, *[arg for s in sets for arg in ("-S", s)]], project)
+    run(["dvc", "queue", "start", "-j", "1"], project)
+    wait_for_queue(project)
+    failed = run(["dvc", "queue", "status"], project).stdout
+    assert "Failed" not in failed, failed + run(["dvc", "queue", "logs", "e-head"], project, check=False).stdout
+
+    result = run(["tlpipe", "compare", "--out", "cmp"], project)
+    frame = pd.read_csv(project / "cmp" / "comparison.csv")
+    assert sorted(frame["experiment"]) == sorted(grid)
+    assert "| experiment |" in (project / "cmp" / "comparison.md").read_text()
+    assert "e-last" in result.stdout
+    for record in frame.to_dict("records"):
+        rev = record["rev"]
+        shown = lambda path: json.loads(subprocess.run(["git", "show", f"{rev}:{path}"], cwd=project,  # noqa: E731
+                                                       capture_output=True, text=True, check=True).stdout)
+        evaluated, finetuned = shown("metrics/evaluate.json"), shown("metrics/finetune.json")
+        for split in ("val", "test"):
+            figures = evaluated["finetune"][split]
+            for column, key in (("accuracy", "accuracy"), ("balanced_accuracy", "balanced_accuracy"),
+                                ("log_loss", "log_loss"), ("kappa", "cohen_kappa"), ("roc_auc", "roc_auc")):
+                assert record[f"{split}_{column}"] == pytest.approx(figures[key]), (record["experiment"], column)
+            f1 = figures.get("macro_f1", figures.get("f1_macro"))
+            assert record[f"{split}_macro_f1"] == pytest.approx(f1)
+        assert record["finetune_s"] == pytest.approx(finetuned["wall_s"])
+        assert record["strategy"] == finetuned["strategy"] == {"e-head": "head", "e-last": "last_blocks",
+                                                                "e-all": "all"}[record["experiment"]]
+        assert record["epochs"] == (2 if record["experiment"] == "e-all" else 1)
+    chart = Image.open(project / "cmp" / "comparison.png")
+    assert chart.size[0] >= 480 and len(set(chart.convert("RGB").getdata())) > 4
+
+    # Named revisions work too: the baseline commit alone.
+    run(["tlpipe", "compare", "HEAD", "--out", "cmp2"], project)
+    assert len(pd.read_csv(project / "cmp2" / "comparison.csv")) == 1

@@ -1,0 +1,153 @@
+"""`tlpipe compare`: one table of experiments (or branches, commits) side by side.
+
+Each row is one revision: the params that tell the runs apart (backbone, strategy, size, epochs)
+against the fine-tuned model's validation and test figures and the stages' wall times, read from
+the params.yaml and metrics files committed in that revision (DVC experiments are Git commits
+too, so `dvc exp show --json` only has to name them). Written as Markdown and CSV, with a bar
+chart of the test figures (Pillow).
+"""
+
+import json
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+import yaml
+from PIL import Image, ImageDraw
+
+from tlpipe.atomic import atomic_path
+from tlpipe.errors import TlpipeError
+
+PARAMS = {"backbone": "backbone.name", "strategy": "finetune.strategy", "head": "head.kind",
+          "size": "resize.size", "epochs": "finetune.epochs", "lr": "finetune.lr"}
+# column -> the names it has had in metrics/evaluate.json (the first one present is read)
+FIGURES = {"accuracy": ("accuracy",), "balanced_accuracy": ("balanced_accuracy",), "log_loss": ("log_loss",),
+           "macro_precision": ("macro_precision", "precision_macro"), "macro_recall": ("macro_recall", "recall_macro"),
+           "macro_f1": ("macro_f1", "f1_macro"), "kappa": ("cohen_kappa", "kappa"), "roc_auc": ("roc_auc",)}
+WALL_TIMES = {"train_head_s": "metrics/train_head.json", "finetune_s": "metrics/finetune.json"}
+CHOSEN = {"strategy": ("metrics/finetune.json", "strategy"), "lr": ("metrics/finetune.json", "peak_lr")}
+CHART_FIGURES = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc")
+COLOURS = ("#4c78a8", "#f58518", "#54a24b", "#b279a2")
+
+
+def _git(args: list[str], cwd: Path) -> str:
+    result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise TlpipeError(f"compare: git {' '.join(args)} failed: {result.stderr.strip().splitlines()[-1:]}")
+    return result.stdout
+
+
+def _file_at(rev: str, path: str, cwd: Path):
+    """A YAML/JSON file as committed in `rev`, or None when that revision does not hold it."""
+    result = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=cwd, capture_output=True, text=True)
+    return yaml.safe_load(result.stdout) if result.returncode == 0 else None
+
+
+def _dig(tree, dotted: str):
+    for key in dotted.split("."):
+        if not isinstance(tree, dict) or key not in tree:
+            return None
+        tree = tree[key]
+    return tree
+
+
+def experiments(cwd: Path) -> list[tuple[str, str]]:
+    """(name, commit) of every experiment of the current commit, from `dvc exp show --json`."""
+    result = subprocess.run(["dvc", "exp", "show", "--json"], cwd=cwd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise TlpipeError(f"compare: `dvc exp show --json` failed: {result.stderr.strip()[-300:]}")
+    found = []
+    for baseline in json.loads(result.stdout or "[]"):
+        for experiment in baseline.get("experiments") or []:
+            for rev in experiment.get("revs") or []:
+                if rev.get("rev") and rev.get("rev") != "workspace":
+                    found.append((rev.get("name") or rev["rev"][:7], rev["rev"]))
+    if not found:
+        raise TlpipeError("compare: `dvc exp show` lists no experiments of this commit. Run some "
+                          "(`dvc exp run -S backbone.name=...`, or --queue then `dvc queue start`), or name "
+                          "revisions: `tlpipe compare main my-branch`.")
+    return found
+
+
+def row(name: str, rev: str, cwd: Path) -> dict:
+    """One revision's row: its params, the fine-tuned model's val/test figures, the stages' wall times."""
+    params = _file_at(rev, "params.yaml", cwd)
+    evaluated = _file_at(rev, "metrics/evaluate.json", cwd)
+    if params is None or evaluated is None:
+        raise TlpipeError(f"compare: revision {name} ({rev[:12]}) holds no params.yaml or metrics/evaluate.json; "
+                          "was `dvc repro` run and committed there?")
+    out = {"experiment": name, "rev": rev[:7]}
+    out |= {column: _dig(params, key) for column, key in PARAMS.items()}
+    for column, (path, key) in CHOSEN.items():  # what `auto` became, where the run recorded it
+        chosen = _dig(_file_at(rev, path, cwd), key)
+        if chosen is not None and out[column] == "auto":
+            out[column] = f"auto: {chosen:.3g}" if isinstance(chosen, float) else f"auto: {chosen}"
+    for split in ("val", "test"):
+        figures = _dig(evaluated, f"finetune.{split}") or {}
+        for column, names in FIGURES.items():
+            out[f"{split}_{column}"] = next((figures[n] for n in names if n in figures), None)
+    for column, path in WALL_TIMES.items():
+        out[column] = _dig(_file_at(rev, path, cwd), "wall_s")
+    return out
+
+
+def table(revisions: Sequence[str] = (), cwd: str | Path = ".") -> pd.DataFrame:
+    """The comparison of `revisions` (names Git knows), or of every experiment when none are given."""
+    cwd = Path(cwd)
+    named = [(rev, _git(["rev-parse", "--verify", f"{rev}^{{commit}}"], cwd).strip()) for rev in revisions]
+    return pd.DataFrame([row(name, rev, cwd) for name, rev in (named or experiments(cwd))])
+
+
+def markdown(frame: pd.DataFrame) -> str:
+    def cell(value):
+        if value is None or (isinstance(value, float) and pd.isna(value)):
+            return ""
+        return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in values) + " |" for values in frame.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def bar_chart(frame: pd.DataFrame, path: Path, split: str = "test") -> None:
+    """Grouped bars: per experiment, the split's accuracy, balanced accuracy, macro F1 and AUC (0..1)."""
+    width, height, left, bottom, top = max(480, 110 * len(frame) + 120), 360, 50, 90, 40
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    plot_h = height - top - bottom
+    draw.text((left, 10), f"{split} split, fine-tuned model", fill="black")
+    for tick in range(0, 11, 2):
+        y = top + plot_h * (1 - tick / 10)
+        draw.line([(left, y), (width - 10, y)], fill="#dddddd")
+        draw.text((5, y - 6), f"{tick / 10:.1f}", fill="black")
+    slot = (width - left - 10) / max(len(frame), 1)
+    bar = slot * 0.8 / len(CHART_FIGURES)
+    for i, record in enumerate(frame.to_dict("records")):
+        x0 = left + i * slot + slot * 0.1
+        for j, figure in enumerate(CHART_FIGURES):
+            value = record.get(f"{split}_{figure}")
+            if value is not None and not pd.isna(value):
+                draw.rectangle([x0 + j * bar, top + plot_h * (1 - value), x0 + (j + 1) * bar - 2, top + plot_h],
+                               fill=COLOURS[j])
+        draw.text((x0, top + plot_h + 6), str(record["experiment"])[:16], fill="black")
+        draw.text((x0, top + plot_h + 20), f"{record.get('backbone')}"[:16], fill="#444444")
+        draw.text((x0, top + plot_h + 34), f"{record.get('strategy')}"[:16], fill="#444444")
+    for j, figure in enumerate(CHART_FIGURES):
+        x = left + j * 120
+        draw.rectangle([x, height - 22, x + 10, height - 12], fill=COLOURS[j])
+        draw.text((x + 14, height - 24), figure, fill="black")
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+
+
+def write(frame: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"markdown": out_dir / "comparison.md", "csv": out_dir / "comparison.csv", "chart": out_dir / "comparison.png"}
+    with atomic_path(paths["markdown"]) as tmp:
+        Path(tmp).write_text(markdown(frame))
+    with atomic_path(paths["csv"]) as tmp:
+        frame.to_csv(tmp, index=False)
+    bar_chart(frame, paths["chart"])
+    return paths
