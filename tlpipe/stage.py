@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tlpipe.errors import TlpipeError, user_message
+from tlpipe.records import mirror
 
 INTERRUPTED = "interrupted: partial outputs were removed; run `dvc repro` again."
 BATCH_SIZE_KEY = {"extract_features": "features.batch_size", "finetune": "finetune.batch_size",
@@ -45,11 +46,13 @@ def run(main: Callable[[], None]) -> None:
     """Call a stage's main(); a TlpipeError is shown as one message, without a traceback.
 
     SIGTERM (a job scheduler, `kill`) is handled like Ctrl-C, so partial outputs are removed.
+    On success the stage's Git-tracked outputs are copied to their cached records (tlpipe.records).
     """
     signal.signal(signal.SIGTERM, _interrupt)
     os.register_at_fork(after_in_child=_child_signals)
     try:
         main()
+        mirror(Path(sys.argv[0]).stem.replace("_", "-"))
     except KeyboardInterrupt:
         print(INTERRUPTED, file=sys.stderr)
         sys.exit(130)
