@@ -60,6 +60,10 @@ def experiments(cwd: Path) -> list[tuple[str, str]]:
     found = []
     for baseline in json.loads(result.stdout or "[]"):
         for experiment in baseline.get("experiments") or []:
+            state = (experiment.get("executor") or {}).get("state")
+            if state in ("queued", "running", "failed"):  # no committed metrics (yet)
+                print(f"compare: leaving out {experiment.get('name')}: {state}")
+                continue
             for rev in experiment.get("revs") or []:
                 if rev.get("rev") and rev.get("rev") != "workspace":
                     found.append((rev.get("name") or rev["rev"][:7], rev["rev"]))
@@ -103,7 +107,9 @@ def markdown(frame: pd.DataFrame) -> str:
     def cell(value):
         if value is None or (isinstance(value, float) and pd.isna(value)):
             return ""
-        return f"{value:.4f}" if isinstance(value, float) else str(value)
+        if isinstance(value, float):  # figures to 4 places; small rates (lr) in significant digits
+            return f"{value:.3g}" if 0 < abs(value) < 0.01 else f"{value:.4f}"
+        return str(value)
 
     lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
     lines += ["| " + " | ".join(cell(v) for v in values) + " |" for values in frame.itertuples(index=False)]
@@ -112,7 +118,7 @@ def markdown(frame: pd.DataFrame) -> str:
 
 def bar_chart(frame: pd.DataFrame, path: Path, split: str = "test") -> None:
     """Grouped bars: per experiment, the split's accuracy, balanced accuracy, macro F1 and AUC (0..1)."""
-    width, height, left, bottom, top = max(480, 110 * len(frame) + 120), 360, 50, 90, 40
+    width, height, left, bottom, top = max(480, 130 * len(frame) + 120), 360, 50, 90, 40
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
     plot_h = height - top - bottom
@@ -130,9 +136,9 @@ def bar_chart(frame: pd.DataFrame, path: Path, split: str = "test") -> None:
             if value is not None and not pd.isna(value):
                 draw.rectangle([x0 + j * bar, top + plot_h * (1 - value), x0 + (j + 1) * bar - 2, top + plot_h],
                                fill=COLOURS[j])
-        draw.text((x0, top + plot_h + 6), str(record["experiment"])[:16], fill="black")
-        draw.text((x0, top + plot_h + 20), f"{record.get('backbone')}"[:16], fill="#444444")
-        draw.text((x0, top + plot_h + 34), f"{record.get('strategy')}"[:16], fill="#444444")
+        draw.text((x0, top + plot_h + 6), str(record["experiment"])[:20], fill="black")
+        draw.text((x0, top + plot_h + 20), f"{record.get('backbone')}"[:20], fill="#444444")
+        draw.text((x0, top + plot_h + 34), f"{record.get('strategy')}"[:20], fill="#444444")
     for j, figure in enumerate(CHART_FIGURES):
         x = left + j * 120
         draw.rectangle([x, height - 22, x + 10, height - 12], fill=COLOURS[j])
