@@ -42,8 +42,9 @@ def main() -> None:
         for model_name, model_probs in probs.items():
             threshold = thresholds[model_name]
             report[model_name][split] = classification_metrics(labels, model_probs, classes, threshold)
-            write_json(f"plots/evaluate/confusion_{model_name}_{split}.json",
-                       confusion_rows(labels, decide(model_probs, threshold), classes))
+            rows = confusion_rows(labels, decide(model_probs, threshold), classes, cfg["confusion_max_rows"])
+            write_json(f"plots/evaluate/confusion_{model_name}_{split}.json", rows)
+            report[model_name][split]["confusion_plot_rows"] = {"rows": len(rows), "images": len(labels)}
             write_table(make_table(index["path"], model_probs, classes, threshold, labels=index["label"]),
                         f"data/predictions/{model_name}_{split}.csv")
         write_json(f"plots/evaluate/roc_{split}.json", roc_rows(labels, probs["finetune"]))

@@ -1,5 +1,6 @@
 """extract-features: the frozen backbone over data/cache/ -> data/features/{split}.npy (float32), and with
-features.spatial_grid > 0 its last feature map average-pooled to that grid, {split}_spatial.npy (float16)."""
+features.spatial_grid > 0 its last feature map average-pooled to that grid, {split}_spatial.npy (float16);
+both written batch by batch."""
 
 import json
 from pathlib import Path
@@ -36,12 +37,12 @@ def main() -> None:
     with atomic_path("data/features", directory=True) as tmp:
         for split in SPLITS:
             images, labels, _ = load_split("data/cache", split)
-            features = extract_features(model, images, cfg["batch_size"], device, cfg["flip_tta"], desc=split)
-            np.save(tmp / f"{split}.npy", features.astype(np.float32))
+            extract_features(model, images, cfg["batch_size"], device, cfg["flip_tta"], desc=split,
+                             out=tmp / f"{split}.npy")
             np.save(tmp / f"{split}_labels.npy", labels)
             if spatial is not None:  # the last feature map on a small grid, float16, for attention heads
-                maps = extract_features(spatial, images, cfg["batch_size"], device, cfg["flip_tta"], desc=f"{split} maps")
-                np.save(tmp / f"{split}_spatial.npy", maps.astype(np.float16))
+                extract_features(spatial, images, cfg["batch_size"], device, cfg["flip_tta"], desc=f"{split} maps",
+                                 out=tmp / f"{split}_spatial.npy", dtype=np.float16)
         meta = {"backbone": p["backbone"]["name"], "weights": p["backbone"]["weights"],
                 "num_features": backbone.num_features, "spatial_grid": cfg["spatial_grid"]}
         (Path(tmp) / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")

@@ -14,10 +14,10 @@ from tlpipe.stage import run
 def main() -> None:
     p = params.load()
     cfg = p["resize"]
-    table = read_csv("data/split.csv", dtype=str)
+    table = read_csv("data/split.csv", dtype=str, usecols=["path", "label", "split"])
     raw = RawData("data/raw", p["data"]["max_archive_gb"], p["data"]["max_archive_entries"])
     metrics = build_cache(table, raw, Path("data/cache"), cfg["size"], cfg["mode"], cfg["workers"],
-                          cfg["max_unreadable_fraction"], cfg["contrast"])
+                          cfg["max_unreadable_fraction"], cfg["contrast"], cfg["shard_mb"])
     write_json("metrics/resize.json", metrics)
     print(f"resize: {metrics['images']} cached, {metrics['unreadable_count']} unreadable")
 

@@ -8,6 +8,7 @@ from tlpipe import params
 from tlpipe.atomic import atomic_path, write_json
 from tlpipe.data.cache import load_classes, load_features, load_spatial_features
 from tlpipe.train.head import train_head
+from tlpipe.train.sample import bounded_sample, take_rows
 from tlpipe.stage import run
 
 
@@ -15,6 +16,8 @@ def main() -> None:
     started = time.perf_counter()
     cfg = params.load()["head"]
     x, y = load_features("data/features", "train")
+    rows = bounded_sample(y, cfg["max_fit_images"], cfg["seed"])  # large sets: a stratified sample (params.yaml)
+    x, y = take_rows(x, rows), y[rows]
     x_val, y_val = load_features("data/features", "val")
     if cfg["kind"] == "attention":  # attention pools the feature maps, not the pooled features
         x, x_val = load_spatial_features("data/features", "train"), load_spatial_features("data/features", "val")
@@ -23,7 +26,7 @@ def main() -> None:
         torch.save(checkpoint, tmp)
     write_json("metrics/train_head.json", metrics | {"wall_s": round(time.perf_counter() - started, 1)})
     write_json("plots/train_head/curve.json", curve)
-    print(f"train-head ({cfg['kind']}): val accuracy {metrics['val']['accuracy']:.4f}")
+    print(f"train-head ({cfg['kind']}, fitted on {len(y)} training images): val accuracy {metrics['val']['accuracy']:.4f}")
 
 
 if __name__ == "__main__":

@@ -74,6 +74,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "contrast": Spec(str, choices=("none", "equalize", "autocontrast")),
         "workers": NON_NEGATIVE_INT,
         "max_unreadable_fraction": FRACTION,
+        "shard_mb": POSITIVE,
     },
     "backbone": {
         "name": Spec(str),
@@ -96,6 +97,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "weight_decay": NON_NEGATIVE,
         "batch_size": POSITIVE_INT,
         "seed": NON_NEGATIVE_INT,
+        "max_fit_images": NON_NEGATIVE_INT,
     },
     "finetune": {
         "epochs": NON_NEGATIVE_INT,
@@ -116,6 +118,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "head": Spec(str, choices=("linear", "attention")),
         "head_init": Spec(str, choices=("probe", "random")),
         "probe_C": POSITIVE,
+        "probe_max_images": NON_NEGATIVE_INT,
         "aug_scale_min": Spec(NUM, min=0.05, max=1),
         "aug_flip": BOOL,
         "aug_rotation": Spec(NUM, min=0, max=180),
@@ -137,6 +140,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "batch_size": POSITIVE_INT,
         "flip_tta": BOOL,
         "device": Spec(str, choices=("auto", "cpu", "cuda")),
+        "confusion_max_rows": NON_NEGATIVE_INT,
     },
 }
 

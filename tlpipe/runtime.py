@@ -60,8 +60,12 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 def to_float_images(batch: np.ndarray, device: torch.device, channels_last: bool) -> torch.Tensor:
     """uint8 (N, H, W, 3) -> float32 (N, 3, H, W) in [0, 1] on `device`."""
-    # np.array copies out of the read-only memory map into memory torch may own.
-    tensor = torch.from_numpy(np.array(batch)).to(device, non_blocking=True)
+    # np.array copies out of the read-only memory map into memory torch may own; pinned, the copy
+    # to a GPU is asynchronous, and the uint8 -> float conversion runs on the device.
+    tensor = torch.from_numpy(np.array(batch))
+    if device.type == "cuda":
+        tensor = tensor.pin_memory()
+    tensor = tensor.to(device, non_blocking=True)
     tensor = tensor.permute(0, 3, 1, 2).float().div_(255)
     return tensor.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 

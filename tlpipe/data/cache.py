@@ -1,6 +1,7 @@
-"""Reading what the stages wrote for each other: the cache of the resize stage (per split, images as a
-memory-mapped (N, H, W, 3) uint8 array and an index table (path, label, label_index) in the same row
-order; the class names; how the arrays were made: size, mode, contrast), the features, split.csv.
+"""Reading what the stages wrote for each other: the cache of the resize stage (per split, shards of
+images (tlpipe.data.shards) presented as one memory-mapped (N, H, W, 3) uint8 sequence and an index
+table (path, label, label_index) in the same row order; the class names; how the arrays were made:
+size, mode, contrast), the features (memory-mapped), split.csv.
 
 An output that is missing, empty or damaged (a failed copy, a disk error, a hand edit) is one
 clear error naming the file and how to restore it, never a decoder's traceback."""
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tlpipe.data.shards import ShardedImages
 from tlpipe.errors import TlpipeError
 
 
@@ -50,17 +52,29 @@ def read_csv(path: str | os.PathLike, **kwargs) -> pd.DataFrame:
         return pd.read_csv(path, keep_default_na=False, **kwargs)
 
 
-def load_split(cache_dir: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
-    """(images memory-mapped (N, H, W, 3) uint8, label indices (N,), index table) of one split."""
+def load_split(cache_dir: str | os.PathLike, split: str) -> tuple[ShardedImages, np.ndarray, pd.DataFrame]:
+    """(images (N, H, W, 3) uint8 read through the shards' memory maps, label indices (N,), index
+    table) of one split, in path order; nothing but the index is read into memory."""
     cache_dir = Path(cache_dir)
-    images = read_array(cache_dir / f"{split}.npy", mmap=True)
-    index = read_csv(cache_dir / f"{split}.csv", dtype={"path": str, "label": str})
-    with _reading(cache_dir / f"{split}.csv"):
-        labels = index["label_index"].to_numpy(np.int64)
-    if images.ndim != 4 or len(images) != len(index):
-        raise TlpipeError(f"{cache_dir / split}.npy holds {len(images)} images but {split}.csv lists {len(index)}: "
-                          "the cache is damaged. Run `dvc checkout data/cache` or `dvc repro --force resize`.")
-    return images, labels, index
+    size = load_preprocess(cache_dir)["size"]
+    image_shape = (size, size, 3)
+    shards, tables = [], []
+    for csv in sorted(cache_dir.glob(f"{split}-*.csv")):
+        table = read_csv(csv, dtype={"path": str, "label": str})
+        with _reading(csv):
+            table["label_index"] = table["label_index"].astype(np.int64)
+        images = read_array(csv.with_suffix(".npy"), mmap=True)
+        if images.shape[1:] != image_shape or len(images) != len(table):
+            raise TlpipeError(f"{csv.with_suffix('.npy')} holds {images.shape} images but {csv.name} lists {len(table)} "
+                              f"of {image_shape}: the cache is damaged. Run `dvc checkout data/cache` or "
+                              "`dvc repro --force resize`.")
+        shards.append(images)
+        tables.append(table)
+    order = sorted(range(len(tables)), key=lambda k: tables[k]["path"].iloc[0])  # shards hold path ranges
+    index = (pd.concat([tables[k] for k in order], ignore_index=True) if tables
+             else pd.DataFrame({"path": pd.Series(dtype=str), "label": pd.Series(dtype=str),
+                                "label_index": pd.Series(dtype=np.int64)}))
+    return ShardedImages([shards[k] for k in order], image_shape), index["label_index"].to_numpy(np.int64), index
 
 
 def load_classes(cache_dir: str | os.PathLike) -> list[str]:
@@ -73,9 +87,10 @@ def load_preprocess(cache_dir: str | os.PathLike) -> dict:
 
 
 def load_features(features_dir: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(features (N, F) float32, label indices (N,)) of one split, as extract-features wrote them."""
+    """(features (N, F) float32 memory-mapped, label indices (N,)) of one split, as extract-features
+    wrote them. Take rows (a sample, a batch) out of the map; do not convert the whole of it."""
     features_dir = Path(features_dir)
-    return read_array(features_dir / f"{split}.npy"), read_array(features_dir / f"{split}_labels.npy")
+    return read_array(features_dir / f"{split}.npy", mmap=True), read_array(features_dir / f"{split}_labels.npy")
 
 
 def load_spatial_features(features_dir: str | os.PathLike, split: str) -> np.ndarray:

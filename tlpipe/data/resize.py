@@ -1,5 +1,5 @@
-"""The resize stage: decode every image once into uint8 arrays, one .npy file per split
-(the layout tlpipe.data.cache reads).
+"""The resize stage: decode every image once into uint8 arrays, each split as shards of bounded
+size (tlpipe.data.shards: which images go together; tlpipe.data.cache reads them).
 
 Decoding runs in a pool of processes, one per core: the main process reads the raw bytes (an
 archive is read once, in order) and hands them out in chunks; each worker decodes its chunk and
@@ -24,11 +24,13 @@ from tlpipe.errors import TlpipeError
 from tlpipe.data.images import decode_or_reason
 from tlpipe.data.raw import RawData
 from tlpipe.data import SPLITS
+from tlpipe.data.shards import create_npy, rows_per_shard, shard_name, shard_ranges
 
 CHUNK_IMAGES = 64       # images per task at most: amortises the hand-off (a 7 KB JPEG decodes in ~0.2 ms)
 CHUNK_BYTES = 4 << 20   # ... and raw bytes per task at most, so large files make smaller tasks
 WINDOW_CHUNKS = 4       # tasks in flight per worker: bounds the raw bytes held in memory
 
+MAX_OPEN_FILES = 64
 _open_files: dict[str, int] = {}  # per worker process: output file -> descriptor
 
 
@@ -47,6 +49,10 @@ def _decode_chunk(task: tuple[int, str, str, list[tuple[int, str, bytes | Except
         if error is None:
             fd = _open_files.get(file)
             if fd is None:
+                if len(_open_files) >= MAX_OPEN_FILES:  # a large set has hundreds of shards
+                    for old in _open_files.values():
+                        os.close(old)
+                    _open_files.clear()
                 fd = _open_files[file] = os.open(file, os.O_WRONLY)
             _pwrite_all(fd, memoryview(np.ascontiguousarray(pixels)).cast("B"), offset)
         done.append((row, path, error))
@@ -69,16 +75,6 @@ def _chunks(jobs: Iterator, window: threading.Semaphore, images: int, size: int,
         yield size, mode, contrast, chunk
 
 
-def _create_npy(path: Path, shape: tuple[int, ...]) -> int:
-    """An .npy file of uint8 zeros (sparse, nothing written but the header); returns the data offset."""
-    with open(path, "wb") as f:
-        np.lib.format.write_array_header_1_0(
-            f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False, "shape": shape})
-        offset = f.tell()
-        f.truncate(offset + int(np.prod(shape)))
-    return offset
-
-
 def write_unreadable_list(out_dir: Path, unreadable: list[dict]) -> Path:
     """The full list of a refused run, beside the cache (not a DVC output: nothing looks complete)."""
     listing = out_dir.with_name(out_dir.name + ".unreadable.csv")
@@ -92,35 +88,47 @@ def worker_count(requested: int) -> int:
     return requested or len(os.sched_getaffinity(0))
 
 
+def _shard_plan(table: pd.DataFrame, size: int, shard_mb: float) -> dict[str, list[np.ndarray]]:
+    """Per split, the table rows of each shard, in path order (tlpipe.data.shards.shard_ranges)."""
+    max_rows = rows_per_shard(shard_mb, size * size * 3)
+    plan = {}
+    for split in SPLITS:
+        rows = np.flatnonzero(table["split"].to_numpy() == split)
+        rows = rows[np.argsort(table["path"].to_numpy()[rows], kind="stable")]
+        paths = table["path"].to_numpy()[rows].tolist()
+        plan[split] = [rows[a:b] for a, b in shard_ranges(paths, max_rows)]
+    return plan
+
+
 def build_cache(table: pd.DataFrame, raw: RawData, out_dir: Path, size: int, mode: str,
-                workers: int = 0, max_unreadable_fraction: float = 0.0, contrast: str = "none") -> dict:
-    """Write `{split}.npy` (N, size, size, 3) uint8 and `{split}.csv` (row order) per split."""
+                workers: int = 0, max_unreadable_fraction: float = 0.0, contrast: str = "none",
+                shard_mb: float = 1024) -> dict:
+    """Write each split as shards `{split}-{name}.npy` (rows, size, size, 3) uint8 + `{split}-{name}.csv`."""
+    n_workers = worker_count(workers)
+    context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
     classes = sorted(table["label"].unique())
-    positions = {split: np.flatnonzero(table["split"].to_numpy() == split) for split in SPLITS}
-    split_of_row = table["split"].to_numpy()
-    slot = np.empty(len(table), dtype=np.int64)
-    for split, rows in positions.items():
-        slot[rows] = np.arange(len(rows))
+    plan = _shard_plan(table, size, shard_mb)
+    row_bytes = size * size * 3
     unreadable: list[dict] = []
     with atomic_path(out_dir, directory=True) as tmp:
-        row_bytes = size * size * 3
-        files = {split: str(tmp / f"{split}.partial.npy") for split in positions}
-        data_offset = {split: _create_npy(Path(files[split]), (len(rows), size, size, 3))
-                       for split, rows in positions.items()}
+        files = []                                       # per shard: its partial file
+        target = np.empty((len(table), 2), dtype=np.int64)  # per table row: (shard, byte offset)
+        for split, shards in plan.items():
+            for rows in shards:
+                files.append(str(tmp / f"{split}-{len(files):06d}.partial.npy"))
+                offset = create_npy(Path(files[-1]), (len(rows), size, size, 3))
+                target[rows] = np.stack([np.full(len(rows), len(files) - 1), offset + np.arange(len(rows)) * row_bytes], 1)
         ok = np.zeros(len(table), dtype=bool)
         row_of_path = {path: i for i, path in enumerate(table["path"])}
-        n_workers = worker_count(workers)
         window = threading.Semaphore(n_workers * WINDOW_CHUNKS)
         per_chunk = max(1, min(CHUNK_IMAGES, -(-len(table) // (n_workers * WINDOW_CHUNKS))))
 
         def jobs():
             for path, content in raw.iter_bytes(table["path"].tolist()):
                 row = row_of_path[path]
-                split = split_of_row[row]
-                yield row, path, content, files[split], data_offset[split] + int(slot[row]) * row_bytes
+                yield row, path, content, files[target[row, 0]], int(target[row, 1])
 
-        with (multiprocessing.get_context("fork" if os.name == "posix" else "spawn").Pool(n_workers) as pool,
-              tqdm(total=len(table), desc="resize", unit="img") as progress):
+        with (context.Pool(n_workers) as pool, tqdm(total=len(table), desc="resize", unit="img") as progress):
             for done in pool.imap_unordered(_decode_chunk, _chunks(jobs(), window, per_chunk, size, mode, contrast)):
                 window.release()
                 for row, path, error in done:
@@ -138,34 +146,42 @@ def build_cache(table: pd.DataFrame, raw: RawData, out_dir: Path, size: int, mod
                 f"than resize.max_unreadable_fraction={max_unreadable_fraction}; all of them are listed in "
                 f"{listing}. First: {examples}. Fix or remove those files, or raise the limit to skip them."
             )
-        for split, rows in positions.items():
-            _finish_split(tmp, split, data_offset[split], (size, size, 3), ok[rows], table.iloc[rows], classes)
+        label_index = {c: i for i, c in enumerate(classes)}
+        shard_counts = {}
+        for split, shards in plan.items():
+            for rows in shards:
+                partial = Path(files[int(target[rows[0], 0])])
+                _finish_shard(tmp, split, partial, int(target[rows[0], 1]), (size, size, 3), ok[rows],
+                              table.iloc[rows], label_index)
+            shard_counts[split] = len(list(tmp.glob(f"{split}-*.csv")))
         (tmp / "classes.json").write_text(json.dumps(classes, indent=2) + "\n")
         (tmp / "preprocess.json").write_text(json.dumps({"size": size, "mode": mode, "contrast": contrast}) + "\n")
-    counts = {split: int(ok[rows].sum()) for split, rows in positions.items()}
+    counts = {split: int(sum(ok[rows].sum() for rows in shards)) for split, shards in plan.items()}
     return {"size": size, "mode": mode, "contrast": contrast, "images": counts, "classes": len(classes),
-            "unreadable_count": len(unreadable),
+            "shards": shard_counts, "unreadable_count": len(unreadable),
             "unreadable": sorted(unreadable, key=lambda u: u["path"])}
 
 
-def _finish_split(folder: Path, split: str, offset: int, image_shape: tuple[int, ...], ok: np.ndarray,
-                  rows: pd.DataFrame, classes: list[str]) -> None:
-    """Drop the rows of unreadable images (copied with reads and writes, never mapped) and write
-    the row order."""
-    partial = folder / f"{split}.partial.npy"
-    final = folder / f"{split}.npy"
+def _finish_shard(folder: Path, split: str, partial: Path, offset: int, image_shape: tuple[int, ...], ok: np.ndarray,
+                  rows: pd.DataFrame, label_index: dict[str, int]) -> None:
+    """Name the shard after its readable members and write their index. The rows of unreadable
+    images are dropped by copying this shard alone (reads and writes, never mapped): at most one
+    shard's size of extra disk, never a second copy of the split."""
+    index = rows[ok][["path", "label"]].copy()
+    if not len(index):
+        partial.unlink()
+        return
+    final = folder / f"{split}-{shard_name(index['path'].tolist())}.npy"
     if ok.all():
         os.replace(partial, final)
     else:
-        kept = np.flatnonzero(ok)
         row_bytes = int(np.prod(image_shape))
-        out_offset = _create_npy(final, (len(kept), *image_shape))
+        out_offset = create_npy(final, (len(index), *image_shape))
         with open(partial, "rb") as src, open(final, "r+b") as dst:
             dst.seek(out_offset)
-            for row in kept:
+            for row in np.flatnonzero(ok):
                 src.seek(offset + int(row) * row_bytes)
                 dst.write(src.read(row_bytes))
         partial.unlink()
-    index = rows[ok][["path", "label"]].copy()
-    index["label_index"] = index["label"].map({c: i for i, c in enumerate(classes)})
-    index.to_csv(folder / f"{split}.csv", index=False, lineterminator="\n")
+    index["label_index"] = index["label"].map(label_index)
+    index.to_csv(final.with_suffix(".csv"), index=False, lineterminator="\n")

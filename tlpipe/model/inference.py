@@ -31,9 +31,10 @@ def image_probabilities(model: nn.Module, images: np.ndarray, batch_size: int, d
 
 
 @torch.no_grad()
-def feature_probabilities(head: nn.Module, features: np.ndarray) -> np.ndarray:
-    """Class probabilities (float64) of a head on frozen features (or feature maps, for attention heads)."""
+def feature_probabilities(head: nn.Module, features: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    """Class probabilities (float64) of a head on frozen features (or feature maps, for attention heads),
+    an array or a memory map, read in batches."""
     head.eval()
     parts = [torch.softmax(head(torch.from_numpy(np.array(features[part], dtype=np.float32))).double(), dim=1)
-             for part in batches(len(features), 1024)]
+             for part in batches(len(features), batch_size)]
     return torch.cat(parts).numpy() if parts else np.zeros((0, 0))

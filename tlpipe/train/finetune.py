@@ -19,10 +19,12 @@ from tlpipe.errors import TlpipeError
 from tlpipe.model.backbones import Backbone, block_groups
 from tlpipe.model.classifier import AttentionHead, Classifier, make_head
 from tlpipe.model.inference import predict_logits
-from tlpipe.runtime import autocast, to_float_images, training_batches
+from tlpipe.runtime import autocast
 from tlpipe.train.augment import Augment
 from tlpipe.train.head import class_weights, fit_logreg
+from tlpipe.train.loader import device_batches
 from tlpipe.train.lr_find import LrCurve, range_test
+from tlpipe.train.order import epoch_order
 from tlpipe.train.strategy import set_trainable, trainable_blocks  # noqa: F401 - part of this module's interface
 
 HIGHER_IS_BETTER = {"val_loss": False, "val_accuracy": True, "val_balanced_accuracy": True, "val_quadratic_kappa": True}
@@ -30,7 +32,7 @@ HIGHER_IS_BETTER = {"val_loss": False, "val_accuracy": True, "val_balanced_accur
 
 @dataclass
 class Split:
-    images: np.ndarray   # (N, H, W, 3) uint8, memory-mapped
+    images: np.ndarray   # (N, H, W, 3) uint8: a memory map or ShardedImages (tlpipe.data.cache.load_split)
     labels: np.ndarray   # (N,) int64
 
 
@@ -74,24 +76,15 @@ def param_groups(model: Classifier, lr: float, layer_decay: float) -> list[dict]
     return groups
 
 
-def _sample_order(labels: np.ndarray, balanced: bool, generator: torch.Generator) -> torch.Tensor:
-    if not balanced:
-        return torch.randperm(len(labels), generator=generator)
-    counts = np.bincount(labels)
-    weights = torch.from_numpy(1.0 / counts[labels])
-    return torch.multinomial(weights, len(labels), replacement=True, generator=generator)
-
-
 def train_one_epoch(model: Classifier, data: Split, optimizer, scheduler, loss_fn, augment: Augment,
                     cfg: dict, epoch: int, device: torch.device, generator: torch.Generator,
                     average: AveragedModel | None = None) -> dict:
     set_trainable(model, epoch, cfg)
-    order = _sample_order(data.labels, cfg["class_balance"] == "sampler", generator).numpy()
+    order = epoch_order(data.labels, cfg["seed"], epoch, balanced=cfg["class_balance"] == "sampler")
     total_loss, seen, start = 0.0, 0, time.perf_counter()
-    for step, part in enumerate(training_batches(len(order), cfg["batch_size"])):
-        idx = np.sort(order[part])  # sorted rows read the memory map sequentially
-        x = augment(to_float_images(data.images[idx], device, cfg["channels_last"]), generator)
-        y = torch.from_numpy(data.labels[idx]).to(device)
+    batches = device_batches(data.images, data.labels, order, cfg["batch_size"], device, cfg["channels_last"])
+    for step, (idx, x, y) in enumerate(batches):
+        x = augment(x, generator)
         with autocast(device, cfg["amp"]):
             loss = loss_fn(model(x).float(), y)
         if not torch.isfinite(loss):

@@ -15,6 +15,7 @@ from tlpipe.model.inference import feature_probabilities
 from tlpipe.train.finetune import Features, Split, build_model, lr_range_test
 from tlpipe.train.head import fit_logreg
 from tlpipe.train.lr_find import LrCurve, suggest
+from tlpipe.train.sample import bounded_sample, take_rows
 from tlpipe.train.strategy import choose
 
 
@@ -29,14 +30,17 @@ class Session:
     lr_curve: LrCurve | None = None
 
 
-def probe_features(split: str, num_features: int) -> Features:
+def probe_features(split: str, num_features: int, max_rows: int = 0, seed: int = 0) -> Features:
     """The frozen features the linear probe is fitted on: extract-features' pooled features, or, when
     they are not an average of the last feature map (VGG's come from its classifier) and finetune's
-    head pools that map, the average of the cached maps (features.spatial_grid)."""
-    features = Features(*load_features("data/features", split))
+    head pools that map, the average of the cached maps (features.spatial_grid). With `max_rows`, a
+    stratified sample of at most that many rows (tlpipe.train.sample), read out of the memory map."""
+    values, labels = load_features("data/features", split)
+    rows = bounded_sample(labels, max_rows, seed)
+    features = Features(take_rows(values, rows), labels[rows])
     if features.values.shape[1] != num_features and Path(f"data/features/{split}_spatial.npy").exists():
         maps = load_spatial_features("data/features", split)
-        features = Features(np.asarray(maps, np.float32).mean((2, 3)), features.labels)
+        features = Features(np.asarray(take_rows(maps, rows), np.float32).mean((2, 3)), features.labels)
     return features
 
 
@@ -61,7 +65,7 @@ def prepare(p: dict, device: torch.device, find_lr: bool | None = None, log=prin
     train = Split(*load_split("data/cache", "train")[:2])
     val = Split(*load_split("data/cache", "val")[:2])
     backbone = create_backbone(p["backbone"]["name"], p["backbone"]["weights"], spatial=cfg["head"] == "attention")
-    probe = probe_features("train", backbone.num_features)
+    probe = probe_features("train", backbone.num_features, cfg["probe_max_images"], cfg["seed"])  # large sets: a sample
     model = build_model(backbone, len(classes), cfg, probe)
     choices: dict = {}
     if cfg["strategy"] == "auto":

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from tlpipe.atomic import atomic_path, refuse_overwriting_inputs
+from tlpipe.data.cache import load_split
 from tlpipe.errors import TlpipeError
 from tlpipe.model.modelfile import load_model
 from tlpipe.runtime import batches, to_float_images
@@ -29,12 +30,11 @@ class Probabilities(nn.Module):
 
 
 def check_images(cache_dir: str | Path, size: int) -> tuple[np.ndarray, str]:
-    """The whole test split's cached images (memory-mapped), or random ones when there is no cache."""
-    path = Path(cache_dir) / "test.npy"
-    if path.exists():
-        images = np.load(path, mmap_mode="r")
+    """The whole test split's cached images (memory-mapped shards), or random ones when there is no cache."""
+    if (Path(cache_dir) / "preprocess.json").exists() and any(Path(cache_dir).glob("test-*.npy")):
+        images, _, _ = load_split(cache_dir, "test")
         if len(images) and images.shape[1] == size:
-            return images, f"all {len(images)} test images from {path}"
+            return images, f"all {len(images)} test images from {Path(cache_dir)}"
     rng = np.random.default_rng(0)
     return rng.integers(0, 256, size=(8, size, size, 3), dtype=np.uint8), "8 random images (no test cache found)"
 

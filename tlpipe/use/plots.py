@@ -6,9 +6,26 @@ from sklearn import metrics as skm
 from tlpipe.use.metrics import ECE_BINS, calibration_bins, clean
 
 
-def confusion_rows(y_true: np.ndarray, predicted: np.ndarray, classes: list[str]) -> list[dict]:
-    """Rows for DVC's `confusion` templates: one {actual, predicted} per image."""
-    return [{"actual": classes[a], "predicted": classes[p]} for a, p in zip(y_true, predicted)]
+def confusion_rows(y_true: np.ndarray, predicted: np.ndarray, classes: list[str], max_rows: int = 0,
+                   seed: int = 0) -> list[dict]:
+    """Rows for DVC's `confusion` templates (they count rows): one {actual, predicted} per image, or
+    for more than `max_rows` images (0: no cap) a stratified sample of about max_rows of them: each
+    (actual, predicted) cell in proportion, every non-empty cell kept (a rare error stays visible).
+    The normalised matrix is then the full one up to rounding; the counts are the sample's."""
+    rows = confusion_sample(y_true, predicted, max_rows, seed)
+    return [{"actual": classes[y_true[i]], "predicted": classes[predicted[i]]} for i in rows]
+
+
+def confusion_sample(y_true: np.ndarray, predicted: np.ndarray, max_rows: int, seed: int = 0) -> np.ndarray:
+    """The image indices `confusion_rows` keeps, in order."""
+    n = len(y_true)
+    if not max_rows or n <= max_rows:
+        return np.arange(n)
+    cell = np.asarray(y_true, dtype=np.int64) * (int(np.max(predicted, initial=0)) + 1) + np.asarray(predicted)
+    rng = np.random.default_rng(seed)
+    kept = [rng.choice(members, size=min(len(members), max(1, round(max_rows * len(members) / n))), replace=False)
+            for members in (np.flatnonzero(cell == c) for c in np.unique(cell))]
+    return np.sort(np.concatenate(kept))
 
 
 def _positive_scores(y_true: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

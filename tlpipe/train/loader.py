@@ -1,0 +1,48 @@
+"""Training batches from the cache to the device, the next ones read while the current one trains.
+
+A background thread gathers each batch's rows out of the shards' memory maps (rows sorted, so each
+block of tlpipe.train.order is one sequential read) as uint8, in pinned memory on a CUDA machine;
+the main thread moves them with `non_blocking=True` and converts to float on the device, where
+augmentation, bf16 autocast and channels_last run. Bytes cross the bus as uint8 (a quarter of
+float32). The GPU-side behaviour is a code path here: not measured on a GPU (none was lent).
+"""
+
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from tlpipe.runtime import training_batches
+
+PREFETCH = 2  # batches read ahead
+
+
+def _read(images, labels: np.ndarray, rows: np.ndarray, pin: bool) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    rows = np.sort(rows)
+    x = torch.from_numpy(np.ascontiguousarray(images[rows]))
+    y = torch.from_numpy(np.ascontiguousarray(labels[rows]))
+    if pin:
+        x, y = x.pin_memory(), y.pin_memory()
+    return rows, x, y
+
+
+def to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float32 (N, 3, H, W) in [0, 1] on `device`, converted there."""
+    x = x.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def device_batches(images, labels: np.ndarray, order: np.ndarray, batch_size: int, device: torch.device,
+                   channels_last: bool = True) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+    """(rows, float images on device, labels on device) per training batch of `order`."""
+    parts = list(training_batches(len(order), batch_size))
+    pin = device.type == "cuda"
+    with ThreadPoolExecutor(1, thread_name_prefix="tlpipe-read") as pool:
+        pending = deque(pool.submit(_read, images, labels, order[p], pin) for p in parts[:PREFETCH])
+        for i in range(len(parts)):
+            rows, x, y = pending.popleft().result()
+            if i + PREFETCH < len(parts):
+                pending.append(pool.submit(_read, images, labels, order[parts[i + PREFETCH]], pin))
+            yield rows, to_device(x, device, channels_last), y.to(device, non_blocking=True)
