@@ -149,17 +149,43 @@ def tree_rss(pid: int) -> int:
     return total
 
 
-class PeakTreeRSS:
-    """Samples the RSS of a process tree every `interval` s in a thread; `.peak` in bytes."""
+def tree_anonymous(pid: int) -> int:
+    """Anonymous memory of a process and its descendants, in bytes: the sum of their proportional
+    shares (Pss_Anon of /proc/PID/smaps_rollup), so pages a forked worker shares with its parent
+    count once. Memory-mapped file pages (the page cache) are not in it. 0 where Linux lacks it."""
+    import psutil
 
-    def __init__(self, pid: int, interval: float = 0.02):
-        self.pid, self.interval, self.peak = pid, interval, 0
+    try:
+        proc = psutil.Process(pid)
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for p in procs:
+        try:
+            for line in Path(f"/proc/{p.pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss_Anon:"):
+                    total += int(line.split()[1]) * 1024
+        except (OSError, ValueError):
+            pass
+    return total
+
+
+class PeakTreeRSS:
+    """Samples the RSS of a process tree every `interval` s in a thread; `.peak` in bytes, and with
+    `anonymous=True` also `.peak_anonymous` (tree_anonymous)."""
+
+    def __init__(self, pid: int, interval: float = 0.02, anonymous: bool = False):
+        self.pid, self.interval, self.peak, self.peak_anonymous = pid, interval, 0, 0
+        self.anonymous = anonymous
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
         while not self._stop.is_set():
             self.peak = max(self.peak, tree_rss(self.pid))
+            if self.anonymous:
+                self.peak_anonymous = max(self.peak_anonymous, tree_anonymous(self.pid))
             self._stop.wait(self.interval)
 
     def __enter__(self):
@@ -171,18 +197,20 @@ class PeakTreeRSS:
         self._thread.join()
 
 
-def run_measured(cmd: list[str], env: dict | None = None, cwd: Path | None = None) -> tuple[str, float, int]:
-    """Run `cmd`; (stdout, wall seconds, peak RSS of its process tree in bytes). Raises on failure."""
+def run_measured(cmd: list[str], env: dict | None = None, cwd: Path | None = None,
+                 anonymous: bool = False) -> tuple[str, float, int] | tuple[str, float, int, int]:
+    """Run `cmd`; (stdout, wall seconds, peak RSS of its process tree in bytes), with `anonymous`
+    also the peak anonymous memory of the tree (tree_anonymous). Raises on failure."""
     full_env = {**os.environ, **(env or {})}
     full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), full_env.get("PYTHONPATH")]))
     with Timer() as t:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env=full_env, cwd=cwd)
-        with PeakTreeRSS(proc.pid) as rss:
+        with PeakTreeRSS(proc.pid, anonymous=anonymous) as rss:
             out, err = proc.communicate()
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n{out}\n{err[-3000:]}")
-    return out, t.seconds, rss.peak
+    return (out, t.seconds, rss.peak, rss.peak_anonymous) if anonymous else (out, t.seconds, rss.peak)
 
 
 def result_line(stdout: str, tag: str = "RESULT") -> dict:
@@ -197,11 +225,13 @@ def result_line(stdout: str, tag: str = "RESULT") -> dict:
 
 def measure_child(script: str, args, kind: str, *extra: str) -> dict:
     """Run `script --child KIND` in a fresh process: its RESULT line plus the process's wall time,
-    the peak RSS of its process tree and images/s over the timed part."""
+    the peak RSS of its process tree, its peak anonymous memory (`peak_anonymous`, tree_anonymous)
+    and images/s over the timed part."""
     cmd = [sys.executable, script, "--child", kind, "--data", str(args.data), "--work", str(args.work), *extra]
-    out, wall, peak = run_measured(cmd)
+    out, wall, peak, anonymous = run_measured(cmd, anonymous=True)
     result = result_line(out)
-    return result | {"wall": wall, "peak_rss": peak, "rate": result["images"] / result["seconds"]}
+    return result | {"wall": wall, "peak_rss": peak, "peak_anonymous": anonymous,
+                     "rate": result["images"] / max(result["seconds"], 1e-9)}
 
 
 # ---------------------------------------------------------------- the final summary
