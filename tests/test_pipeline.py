@@ -59,7 +59,7 @@ def test_repro_status_and_incremental_reruns(dvc_project, tmp_path):
 
     metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
     assert set(metrics) == {"baseline", "head", "finetune"}
-    assert metrics["finetune"]["test"]["n"] == len(pd.read_csv(project / "data/cache/test.csv"))
+    assert metrics["finetune"]["test"]["n"] == len(load_split(project / "data" / "cache", "test")[1])
 
     # models/model.pt alone reproduces evaluate's test predictions.
     model, meta = load_model(project / "models" / "model.pt")

@@ -325,7 +325,8 @@ def faulty_project(tmp_path: Path, fault: str) -> Path:
     if fault == "empty-inputs":
         for name in ("data/raw", "data/cache", "data/features", "models", "data/predictions"):
             (project / name).mkdir(parents=True, exist_ok=True)
-        for name in ("data/split.csv", "data/cache/train.npy", "data/cache/train.csv", "data/cache/classes.json",
+        for name in ("data/split.csv", "data/cache/train-0123456789abcdef.npy",
+                     "data/cache/train-0123456789abcdef.csv", "data/cache/classes.json",
                      "data/cache/preprocess.json", "data/features/train.npy", "data/features/train_labels.npy",
                      "data/features/val.npy", "data/features/val_labels.npy", "models/head.pt", "models/model.pt",
                      "data/predictions/finetune_test.csv"):

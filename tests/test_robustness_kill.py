@@ -126,7 +126,7 @@ def test_killed_resize_keeps_the_previous_cache_and_reruns_cleanly(resize_projec
     before = snapshot(data / "cache") | {"resize.json": snapshot(project / "metrics")["resize.json"]}
     set_params(project, resize__size=24)
     process = start(project, "resize.py", slowed=("tlpipe.data.resize", "decode_or_reason", 0.05))
-    wait_until(lambda: any((p / "train.partial.npy").exists() for p in partials(data)), process)
+    wait_until(lambda: any(any(p.glob("train-*.partial.npy")) for p in partials(data)), process)
     time.sleep(0.3)
     kill(process, how)
     check_killed(process, how)
