@@ -111,7 +111,7 @@ class ShardedImages:
                 raise IndexError(f"row {key} out of range for {len(self)} images")
             return self[np.array([index])][0]
         if isinstance(key, slice):
-            return self[np.arange(len(self))[key]]
+            return self[np.arange(*key.indices(len(self)))]
         rows = np.asarray(key)
         if rows.dtype == bool:
             rows = np.flatnonzero(rows)
@@ -123,6 +123,11 @@ class ShardedImages:
         shard_of = np.searchsorted(self.bounds, rows, side="right") - 1
         for k in np.unique(shard_of):
             mine = np.flatnonzero(shard_of == k)
-            out[mine] = self.shards[k][rows[mine] - self.bounds[k]]
+            local = rows[mine] - self.bounds[k]
+            if local[-1] - local[0] == len(local) - 1 and mine[-1] - mine[0] == len(mine) - 1 \
+                    and np.all(np.diff(local) == 1):  # a run of rows (a batch in order): one plain copy
+                out[mine[0]:mine[-1] + 1] = self.shards[k][local[0]:local[-1] + 1]
+            else:
+                out[mine] = self.shards[k][local]
             release(self.shards[k])
         return out
