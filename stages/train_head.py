@@ -16,11 +16,11 @@ def main() -> None:
     started = time.perf_counter()
     cfg = params.load()["head"]
     x, y = load_features("data/features", "train")
-    rows = bounded_sample(y, cfg["max_fit_images"], cfg["seed"])  # large sets: a stratified sample (params.yaml)
-    x, y = take_rows(x, rows), y[rows]
     x_val, y_val = load_features("data/features", "val")
     if cfg["kind"] == "attention":  # attention pools the feature maps, not the pooled features
         x, x_val = load_spatial_features("data/features", "train"), load_spatial_features("data/features", "val")
+    rows = bounded_sample(y, cfg["max_fit_images"], cfg["seed"])  # large sets: a stratified sample (params.yaml)
+    x, y = take_rows(x, rows), y[rows]
     checkpoint, metrics, curve = train_head(cfg, x, y, x_val, y_val, load_classes("data/cache"))
     with atomic_path("models/head.pt") as tmp:
         torch.save(checkpoint, tmp)
