@@ -48,10 +48,13 @@ def make_images(raw: Path, n: int) -> None:
         folder = raw / "set" / label
         folder.mkdir(parents=True, exist_ok=True)
         blocks = rng.integers(0, 160, size=(8, 8, 3), dtype=np.uint8) + (90 if label == "bright" else 0)
+        path = folder / f"img{i:07d}.jpg"
+        if path.exists():  # an interrupted preparation resumes
+            continue
         pixels = np.kron(blocks, np.ones((8, 8, 1), dtype=np.uint8))
         buffer = io.BytesIO()
         Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
-        (folder / f"img{i:07d}.jpg").write_bytes(buffer.getvalue())
+        path.write_bytes(buffer.getvalue())
     done.touch()
 
 
