@@ -37,7 +37,7 @@ def probe_features(split: str, num_features: int, max_rows: int = 0, seed: int =
     stratified sample of at most that many rows (tlpipe.train.sample), read out of the memory map."""
     values, labels = load_features("data/features", split)
     rows = bounded_sample(labels, max_rows, seed)
-    features = Features(take_rows(values, rows), labels[rows])
+    features = Features(values if len(rows) == len(labels) else take_rows(values, rows), labels[rows])
     if features.values.shape[1] != num_features and Path(f"data/features/{split}_spatial.npy").exists():
         maps = load_spatial_features("data/features", split)
         features = Features(np.asarray(take_rows(maps, rows), np.float32).mean((2, 3)), features.labels)
