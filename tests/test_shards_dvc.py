@@ -28,7 +28,8 @@ def remote_files(remote: Path) -> set[str]:
 
 
 def output_md5s(project: Path) -> set[str]:
-    files = [p for out in ("data/raw", "data/cache") for p in (project / out).rglob("*") if p.is_file()]
+    # records/ holds the cached copies of Git-tracked metrics (tlpipe.records): pushed too
+    files = [p for out in ("data/raw", "data/cache", "records") for p in (project / out).rglob("*") if p.is_file()]
     return {hashlib.md5(p.read_bytes()).hexdigest() for p in [*files, project / "data" / "split.csv"]}
 
 
@@ -66,8 +67,9 @@ def test_adding_ten_images_rewrites_and_uploads_at_most_two_shards_per_split(dvc
     expected = {md5 for md5 in output_md5s(project) - md5_before}
     # DVC's remote holds files/md5/XX/REST: the new objects are the new files' contents ...
     assert {name[-32:] for name in new_files} == expected
-    # ... 10 images, split.csv, at most 2 shards (.npy + .csv) per split, and the 2 folder listings
-    assert len(expected) <= 10 + 1 + 2 * 2 * len(SPLITS)
+    # ... 10 images, split.csv, the split and resize metrics' records, at most 2 shards (.npy + .csv)
+    # per split, and the 2 folder listings
+    assert len(expected) <= 10 + 1 + 2 + 2 * 2 * len(SPLITS)
     assert len([n for n in uploaded if n.endswith(".dir")]) == 2
     assert len(uploaded) < len(uploaded_before) / 50
     print(f"shards per split {[len(after[s]) for s in SPLITS]}, new {[len(after[s] - before[s]) for s in SPLITS]}; "
