@@ -3,12 +3,12 @@ no download) through every stage, Inception's auxiliary output, feature maps for
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
 from conftest import make_image_tree, run
 from test_pipeline import STAGES, ran_stages, set_params
+from tlpipe.data.cache import load_split
 from tlpipe.model.backbones import create_backbone
 from tlpipe.model.classifier import Classifier
 from tlpipe.model.modelfile import load_model
@@ -60,7 +60,7 @@ def test_torchvision_backbone_through_every_stage(dvc_project, tmp_path, name, s
     assert ran_stages(output) == STAGES
     # a cache size other than the weights' (Inception 299, the others 224) is allowed and said once
     assert output.count("was trained on") == (0 if size == 299 else 1), output
-    assert np.load(project / "data" / "cache" / "train.npy", mmap_mode="r").shape[1:] == (size, size, 3)
+    assert load_split(project / "data" / "cache", "train")[0].shape[1:] == (size, size, 3)
     model, meta = load_model(project / "models" / "model.pt")
     assert meta["backbone"] == name and meta["input_size"] == size
     evaluated = json.loads((project / "metrics" / "evaluate.json").read_text())

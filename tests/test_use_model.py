@@ -104,4 +104,4 @@ def test_plots_html_shows_top_losses_gradcam_and_reliability(project):
         assert all((project / "plots_html" / ref).is_file() for ref in references), references
     assert "reliability" in page
     rows = json.loads((project / "plots" / "report" / "reliability.json").read_text())
-    assert sum(r["count"] for r in rows) == len(pd.read_csv(project / "data" / "cache" / "test.csv"))
+    assert sum(r["count"] for r in rows) == len(load_split(project / "data" / "cache", "test")[1])
