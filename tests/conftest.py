@@ -66,4 +66,8 @@ def make_dvc_project(project: Path) -> Path:
     run(["git", "config", "user.name", "test"], project)
     run(["dvc", "init", "-q"], project)
     run(["dvc", "config", "core.analytics", "false"], project)
+    # The offline `dvc plots show` page, as the repository's .dvc/config names it.
+    (project / ".dvc" / "plots").mkdir()
+    shutil.copy(REPO / ".dvc" / "plots" / "offline.html", project / ".dvc" / "plots" / "offline.html")
+    run(["dvc", "config", "plots.html_template", "plots/offline.html"], project)
     return project

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tlpipe import params, presets
+from tlpipe import __version__, params, presets
 from tlpipe.atomic import refuse_overwriting_inputs
 from tlpipe.errors import TlpipeError, user_message
 
@@ -89,6 +89,15 @@ def compare(args: argparse.Namespace) -> None:
     print(f"compare: {len(frame)} runs -> {paths['markdown']}, {paths['csv']}, {paths['chart']}")
 
 
+def plots_template(args: argparse.Namespace) -> None:
+    from tlpipe.use.offline_html import versions, write_template
+
+    path = write_template(Path(args.out))
+    v = versions()
+    print(f"plots-template: {path} (vega {v['vega']}, vega-lite {v['vega-lite']}, vega-embed {v['vega-embed']} "
+          f"inline, from vl-convert-python {v['vl-convert-python']})")
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -101,6 +110,7 @@ def positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tlpipe", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True)
     check_parser = verbs.add_parser("check", help="validate params.yaml without running anything")
     check_parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
@@ -164,6 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
     compare_parser.add_argument("revisions", nargs="*", metavar="REV", help="branches, tags, commits or experiment names")
     compare_parser.add_argument("--out", default="comparison", help="folder to write to (default: %(default)s)")
     compare_parser.set_defaults(func=compare)
+
+    template_parser = verbs.add_parser(
+        "plots-template", help="write the offline HTML template of `dvc plots show`",
+        description="Write the HTML page template that `dvc plots show` fills (named in .dvc/config as "
+                    "plots.html_template), with vega, vega-lite and vega-embed inline from vl-convert-python, "
+                    "so plots render with no network.")
+    template_parser.add_argument("--out", default=".dvc/plots/offline.html", help="file to write (default: %(default)s)")
+    template_parser.set_defaults(func=plots_template)
     return parser
 
 
