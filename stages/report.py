@@ -20,7 +20,7 @@ def _caption(row: pd.Series, classes: list[str], threshold: float | None) -> str
     # Binary with a validated threshold: the positive class's probability against it explains the call.
     positive = classes[1]
     p = row[f"prob_{positive}"]
-    return f"true {row['label']}, pred {row['predicted']}\nP({positive})={p:.2f}, threshold {threshold:.2f}"
+    return f"true {row['label']}\npred {row['predicted']}\nP({positive}) {p:.2f} vs {threshold:.2f}"
 
 
 def _save_png(image, path: str) -> None:
@@ -51,7 +51,8 @@ def main() -> None:
         target = [classes.index(c) for c in examples["predicted"]]
         heat = grad_cam(model, np.asarray(images[rows]), target)
         tiles = [(overlay(np.asarray(images[r["row"]]), h), _caption(r, classes, threshold)) for (_, r), h in zip(examples.iterrows(), heat)]
-    _save_png(grid(tiles or [(np.zeros((8, 8, 3), np.uint8), "no test images")]), "plots/report/gradcam.png")
+    _save_png(grid(tiles or [(np.zeros((8, 8, 3), np.uint8), "no test images")], colour_scale=bool(tiles)),
+              "plots/report/gradcam.png")
 
     write_json("plots/report/reliability.json",
                reliability_rows(label_indices(predictions, classes), probabilities(predictions, classes)))

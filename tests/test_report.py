@@ -33,9 +33,13 @@ def test_reliability_bins_count_every_prediction():
     assert np.isclose(top["confidence"], 0.85) and top["accuracy"] == 0.5 and top["count"] == 2
 
 
-def test_gradcam_examples_pick_right_and_wrong_per_class():
+def test_gradcam_examples_are_the_same_whatever_the_model_predicts():
     picked = gradcam_examples(predictions(), ["cat", "dog"], 1)
     assert list(picked["path"]) == ["a", "b", "c", "d"]
+    other_model = predictions().assign(predicted=["dog", "cat", "cat", "dog"], prob_cat=[0.1, 0.9, 0.6, 0.2],
+                                       prob_dog=[0.9, 0.1, 0.4, 0.8])
+    assert list(gradcam_examples(other_model, ["cat", "dog"], 1)["path"]) == ["a", "b", "c", "d"]
+    assert list(gradcam_examples(predictions(), ["cat", "dog"], 1)["row"]) == [0, 1, 2, 3]
 
 
 def test_grad_cam_gives_one_normalised_map_per_image():
@@ -50,4 +54,28 @@ def test_grad_cam_gives_one_normalised_map_per_image():
 
 def test_grid_lays_out_tiles_with_captions():
     sheet = grid([(np.zeros((10, 10, 3), np.uint8), "true a\npred b p=0.90")] * 5, columns=4)
-    assert sheet.size == (4 * 160, 2 * (160 + 34))
+    assert sheet.size == (4 * 160, 2 * (160 + 40))
+
+
+def test_captions_stay_inside_their_tile_and_gradcam_has_a_colour_scale():
+    from PIL import ImageDraw
+
+    caption = "true NORMAL\npred PNEUMONIA\nP(PNEUMONIA) 0.97 vs 0.25 and then a much longer tail"
+    sheet = grid([(np.zeros((10, 10, 3), np.uint8), caption)] * 2, columns=2, colour_scale=True)
+    pixels = np.asarray(sheet)
+    # Nothing drawn across the boundary between the two tiles' caption areas.
+    assert (pixels[160:200, 158:162] == 255).all()
+    assert ImageDraw.Draw(sheet).textlength("P(PNEUMONIA) 0.97 vs 0.25") <= 152
+    assert sheet.size == (2 * 160, 160 + 40 + 34)
+    legend = pixels[160 + 40 + 4:160 + 40 + 16, 10:300]
+    assert legend[:, 0].mean(0)[2] > legend[:, 0].mean(0)[0]      # blue at 0 ...
+    assert legend[:, -1].mean(0)[0] > legend[:, -1].mean(0)[2]     # ... red at 1
+
+
+def test_grad_cam_at_small_inputs_uses_a_map_wider_than_one_blob():
+    from tlpipe.use.report import cam_layer
+
+    maps = [torch.zeros(1, 8, side, side) for side in (32, 16, 8, 4, 2)]  # block outputs at a 64 px input
+    assert cam_layer(maps).shape[2] == 8
+    assert cam_layer([torch.zeros(1, 8, 7, 7), torch.zeros(1, 8, 7, 7)]) is not None
+    assert cam_layer([torch.zeros(1, 8, 4, 4), torch.zeros(1, 8, 2, 2)]).shape[2] == 4  # none wide enough: widest

@@ -122,4 +122,6 @@ def train_head(cfg: dict, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val
     for split, labels in {"train": y, "val": y_val}.items():
         metrics[split] = {"accuracy": float(accuracy_score(labels, probs[split].argmax(1))),
                           "log_loss": float(log_loss(labels, probs[split], labels=list(range(num_classes))))}
+    if not curve:  # logreg has no epochs: its fitted losses are the one point of the curve
+        curve = [{"step": 0, "train_loss": metrics["train"]["log_loss"], "val_loss": metrics["val"]["log_loss"]}]
     return checkpoint, metrics, curve

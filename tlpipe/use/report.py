@@ -13,7 +13,10 @@ from tlpipe.runtime import to_float_images
 from tlpipe.use.predictions import label_indices, probabilities
 
 TILE = 160
-CAPTION = 34
+CAPTION_LINES = 3
+LINE = 12
+CAPTION = CAPTION_LINES * LINE + 4
+MIN_CAM_SIDE = 7  # Grad-CAM on the last feature map at least this wide: at 64 px the last one is 2x2, one blob
 
 
 def top_losses(predictions: pd.DataFrame, classes: list[str], n: int) -> pd.DataFrame:
@@ -46,12 +49,18 @@ def grad_cam(model: Classifier, images: np.ndarray, target: list[int]) -> np.nda
         for hook in hooks:
             hook.remove()
         model.zero_grad(set_to_none=True)
-    activation = captured[-1]
+    activation = cam_layer(captured)
     weights = activation.grad.mean(dim=(2, 3), keepdim=True)
     cam = torch.relu((weights * activation).sum(1, keepdim=True)).detach()
     cam = nn.functional.interpolate(cam, size=images.shape[1:3], mode="bilinear", align_corners=False)[:, 0]
     top = cam.flatten(1).max(1).values.clamp_min(1e-12)
     return (cam / top[:, None, None]).numpy()
+
+
+def cam_layer(activations: list[torch.Tensor]) -> torch.Tensor:
+    """The deepest block output at least MIN_CAM_SIDE wide (at small inputs the last is 2x2); else the widest."""
+    wide = [a for a in activations if min(a.shape[2:]) >= MIN_CAM_SIDE]
+    return wide[-1] if wide else max(activations, key=lambda a: a.shape[2] * a.shape[3])
 
 
 def _heat_colours(heat: np.ndarray) -> np.ndarray:
@@ -67,26 +76,46 @@ def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndar
     return (image * (1 - alpha) + _heat_colours(heat) * alpha).astype(np.uint8)
 
 
-def grid(tiles: list[tuple[np.ndarray, str]], columns: int = 4) -> Image.Image:
-    """Images with a caption of up to two lines under each, `columns` per row."""
+def _fit(draw: ImageDraw.ImageDraw, line: str, width: int) -> str:
+    """The line, cut with an ellipsis where it would run past `width` pixels."""
+    if draw.textlength(line) <= width:
+        return line
+    while line and draw.textlength(line + "...") > width:
+        line = line[:-1]
+    return line + "..."
+
+
+def grid(tiles: list[tuple[np.ndarray, str]], columns: int = 4, colour_scale: bool = False) -> Image.Image:
+    """Images with a caption of up to three lines under each (each line cut to the tile's width),
+    `columns` per row; `colour_scale` adds the Grad-CAM colour ramp as a legend at the bottom."""
     rows = max(1, -(-len(tiles) // columns))
-    sheet = Image.new("RGB", (columns * TILE, rows * (TILE + CAPTION)), "white")
+    legend = 34 if colour_scale else 0
+    sheet = Image.new("RGB", (columns * TILE, rows * (TILE + CAPTION) + legend), "white")
     draw = ImageDraw.Draw(sheet)
     for i, (pixels, caption) in enumerate(tiles):
         x, y = (i % columns) * TILE, (i // columns) * (TILE + CAPTION)
         sheet.paste(Image.fromarray(pixels).resize((TILE - 4, TILE - 4), Image.Resampling.BILINEAR), (x + 2, y + 2))
-        draw.multiline_text((x + 4, y + TILE), caption, fill="black", spacing=2)
+        for n, line in enumerate(caption.splitlines()[:CAPTION_LINES]):
+            draw.text((x + 4, y + TILE + n * LINE), _fit(draw, line, TILE - 8), fill="black")
+    if colour_scale:
+        _colour_scale(sheet, draw, top=rows * (TILE + CAPTION) + 4)
     return sheet
 
 
+def _colour_scale(sheet: Image.Image, draw: ImageDraw.ImageDraw, top: int) -> None:
+    width = min(sheet.width - 20, 2 * TILE)
+    ramp = _heat_colours(np.tile(np.linspace(0, 1, width), (12, 1)))
+    sheet.paste(Image.fromarray(ramp), (10, top))
+    draw.text((10, top + 14), "Grad-CAM 0: no weight", fill="black")
+    label = "1: most weight on the prediction"
+    draw.text((10 + width - draw.textlength(label), top + 14), label, fill="black")
+
+
 def gradcam_examples(predictions: pd.DataFrame, classes: list[str], per_class: int) -> pd.DataFrame:
-    """Per true class, up to `per_class` right and `per_class` wrong test images (most confident first)."""
-    table = predictions.assign(row=np.arange(len(predictions)),
-                               confidence=probabilities(predictions, classes).max(1),
-                               correct=predictions["label"] == predictions["predicted"])
-    picked = []
-    for label in classes:
-        for correct in (True, False):
-            rows = table[(table["label"] == label) & (table["correct"] == correct)]
-            picked.append(rows.sort_values(["confidence", "path"], ascending=[False, True]).head(per_class))
+    """Per true class, the first `2 * per_class` test images in path order.
+
+    A fixed rule that does not depend on the model, so every revision's sheet shows the same
+    images and `dvc plots diff` compares them tile by tile; the captions say which are wrong."""
+    table = predictions.assign(row=np.arange(len(predictions)))
+    picked = [table[table["label"] == label].sort_values("path").head(2 * per_class) for label in classes]
     return pd.concat(picked)
