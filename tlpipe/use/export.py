@@ -2,6 +2,7 @@
 checked against PyTorch on the test split, with the preprocessing written beside it as JSON."""
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -40,10 +41,14 @@ def check_images(cache_dir: str | Path, size: int) -> tuple[np.ndarray, str]:
 
 
 def _export_torchscript(model: nn.Module, example: torch.Tensor, out: Path):
-    with torch.no_grad():
-        traced = torch.jit.trace(model, example)
-    traced.save(str(out))
-    loaded = torch.jit.load(str(out))
+    # torch marks torch.jit deprecated in favour of torch.export; the TorchScript file is what
+    # libtorch (C++) and older runtimes load, so it stays a format, without torch's notice at each use.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
+        with torch.no_grad():
+            traced = torch.jit.trace(model, example)
+        traced.save(str(out))
+        loaded = torch.jit.load(str(out))
     return lambda x: loaded(torch.from_numpy(x)).detach().numpy()
 
 

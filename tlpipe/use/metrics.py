@@ -49,6 +49,12 @@ def binary_rates(y_true: np.ndarray, positive_score: np.ndarray, threshold: floa
     }
 
 
+def _normalised(probs: np.ndarray) -> np.ndarray:
+    """Float32 softmax rows, clipped away from 0, summing to one in float64 (as scikit-learn checks)."""
+    clipped = np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1)
+    return clipped / clipped.sum(1, keepdims=True)
+
+
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str],
                            threshold: float | None = None) -> dict:
     """All metrics of one model on one split; `threshold` (binary only) chosen on validation."""
@@ -65,7 +71,7 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[
         "f1_macro": clean(f1.mean()),
         "cohen_kappa": clean(skm.cohen_kappa_score(y_true, predicted, labels=labels)),
         "quadratic_kappa": clean(skm.cohen_kappa_score(y_true, predicted, labels=labels, weights="quadratic")),
-        "log_loss": clean(skm.log_loss(y_true, np.clip(probs, 1e-12, 1), labels=labels)),
+        "log_loss": clean(skm.log_loss(y_true, _normalised(probs), labels=labels)),
         "ece": clean(expected_calibration_error(y_true, probs)),
         "roc_auc": None,
     }
