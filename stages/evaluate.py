@@ -11,7 +11,7 @@ from tlpipe.model.decision import decide
 from tlpipe.model.inference import feature_probabilities, image_probabilities
 from tlpipe.model.modelfile import load_head, load_model
 from tlpipe.runtime import pick_device, tune_malloc
-from tlpipe.stage import run
+from tlpipe.stage import run, wall_s
 from tlpipe.use.metrics import classification_metrics, majority_baseline
 from tlpipe.use.plots import confusion_rows, pr_rows, roc_rows
 from tlpipe.use.predictions import make_table, write_table
@@ -49,7 +49,7 @@ def main() -> None:
                         f"data/predictions/{model_name}_{split}.csv")
         write_json(f"plots/evaluate/roc_{split}.json", roc_rows(labels, probs["finetune"]))
         write_json(f"plots/evaluate/pr_{split}.json", pr_rows(labels, probs["finetune"]))
-    write_json("metrics/evaluate.json", report)
+    write_json("metrics/evaluate.json", report | {"wall_s": wall_s()})
     print(f"evaluate: test accuracy fine-tuned {_accuracy_text(report['finetune']['test'])}, "
           f"head {_accuracy_text(report['head']['test'])}")
 

@@ -9,14 +9,14 @@ import numpy as np
 from torch import nn
 
 from tlpipe import params
-from tlpipe.atomic import atomic_path
+from tlpipe.atomic import atomic_path, write_json
 from tlpipe.model.backbones import create_backbone
 from tlpipe.model.classifier import Classifier
 from tlpipe.data.cache import load_preprocess, load_split
 from tlpipe.train.features import extract_features
 from tlpipe.runtime import pick_device, tune_malloc
 from tlpipe.data import SPLITS
-from tlpipe.stage import run
+from tlpipe.stage import run, wall_s
 
 
 def main() -> None:
@@ -46,6 +46,8 @@ def main() -> None:
         meta = {"backbone": p["backbone"]["name"], "weights": p["backbone"]["weights"],
                 "num_features": backbone.num_features, "spatial_grid": cfg["spatial_grid"]}
         (Path(tmp) / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    # Timing apart from data/features, so that a rerun with the same features changes nothing downstream.
+    write_json("metrics/features.json", {"num_features": backbone.num_features, "wall_s": wall_s()})
 
 
 if __name__ == "__main__":

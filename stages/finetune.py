@@ -11,6 +11,7 @@ from tlpipe.model.decision import fit_threshold
 from tlpipe.model.inference import image_probabilities
 from tlpipe.model.modelfile import model_checkpoint
 from tlpipe.train.finetune import fit
+from tlpipe.train.live import EpochLogger
 from tlpipe.train.session import prepare
 from tlpipe.runtime import pick_device, seed_everything, tune_malloc
 from tlpipe.stage import run
@@ -24,7 +25,9 @@ def main() -> None:
     device = pick_device(p["finetune"]["device"])
     session = prepare(p, device)
     cfg, model, classes = session.cfg, session.model, session.classes
-    result = fit(model, session.train, session.val, cfg, len(classes), device)
+    live = EpochLogger()  # live/finetune/: per-epoch metrics and curves, rewritten after every epoch
+    result = fit(model, session.train, session.val, cfg, len(classes), device, on_epoch=live)
+    live.close()
     threshold = None
     if len(classes) == 2:  # the rule is chosen here, on validation, and stored in model.pt for every user of it
         threshold = fit_threshold(session.val.labels,
@@ -37,7 +40,6 @@ def main() -> None:
     write_json("metrics/finetune.json", {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
                                          **{k: v for k, v in best.items() if k != "step"}, **session.choices,
                                          "wall_s": round(time.perf_counter() - started, 1)})
-    write_json("plots/finetune/curve.json", result.history)
     # Always written (DVC declares it): the range test's curve with finetune.lr auto, else empty.
     write_json("plots/finetune/lr_find.json", session.lr_curve.rows if session.lr_curve else [])
 

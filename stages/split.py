@@ -4,7 +4,7 @@ from tlpipe import params
 from tlpipe.atomic import atomic_path, write_json
 from tlpipe.data.raw import RawData
 from tlpipe.data.split import build_split, split_metrics, write_split_csv
-from tlpipe.stage import run
+from tlpipe.stage import run, wall_s
 
 
 def main() -> None:
@@ -13,7 +13,7 @@ def main() -> None:
     table, report = build_split(raw, p["split"])
     with atomic_path("data/split.csv") as tmp:
         write_split_csv(table, tmp)
-    metrics = split_metrics(table, report)
+    metrics = split_metrics(table, report) | {"wall_s": wall_s()}
     write_json("metrics/split.json", metrics)
     print(f"split: {metrics['total']} ({metrics['skipped_count']} files skipped, see metrics/split.json)")
 

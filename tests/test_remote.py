@@ -69,7 +69,7 @@ def test_lock_committed_clone_reruns_nothing(laptop):
     gpu_box = clone(laptop, "with_lock")
     # metrics are in Git: shown before anything is pulled, as `dvc metrics diff` needs
     shown = run(["dvc", "metrics", "show", "--json"], gpu_box).stdout
-    assert "metrics/evaluate.json" in shown and "finetune" in shown, shown
+    assert "metrics/headline.json" in shown and "finetuned" in shown, shown
     run(["dvc", "pull"], gpu_box)
     assert ran_stages(run(["dvc", "repro"], gpu_box).stdout) == []
     assert md5(gpu_box / "models/model.pt") == md5(laptop["project"] / "models/model.pt")
@@ -84,11 +84,11 @@ def test_run_cache_restores_every_stage_without_the_lock(laptop):
     assert ran_stages(out) == [], out
     assert skipped_stages(out) == STAGES, out
     for path in ("models/model.pt", "models/head.pt", "metrics/evaluate.json", "metrics/split.json",
-                 "plots/finetune/curve.json", "plots/evaluate/roc_test.json"):
+                 "live/finetune/metrics.json", "metrics/headline.json", "plots/evaluate/roc_test.json"):
         assert md5(gpu_box / path) == md5(laptop["project"] / path), path
-    # metrics stay in Git: a later commit there lets `dvc metrics diff` compare without the remote
-    assert "metrics/evaluate.json" not in (gpu_box / ".gitignore").read_text()
+    # the headline stays in Git: a later commit there lets `dvc metrics diff` compare without the remote
+    assert "headline.json" not in (gpu_box / "metrics" / ".gitignore").read_text()
 
     set_params(gpu_box, **{"head.C": 0.01})
-    assert ran_stages(run(["dvc", "repro"], gpu_box).stdout) == ["train-head", "evaluate"]
+    assert ran_stages(run(["dvc", "repro"], gpu_box).stdout) == ["train-head", "evaluate", "summary"]
     assert md5(gpu_box / "models/model.pt") == md5(laptop["project"] / "models/model.pt")

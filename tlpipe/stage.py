@@ -3,15 +3,22 @@
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from tlpipe.errors import TlpipeError, user_message
 from tlpipe.records import mirror
 
+_STARTED = time.monotonic()
 INTERRUPTED = "interrupted: partial outputs were removed; run `dvc repro` again."
 BATCH_SIZE_KEY = {"extract_features": "features.batch_size", "finetune": "finetune.batch_size",
                   "evaluate": "evaluate.batch_size"}
+
+
+def wall_s() -> float:
+    """Seconds since the stage script started (its imports aside): the wall time it reports."""
+    return round(time.monotonic() - _STARTED, 1)
 
 
 def _interrupt(signum, frame):

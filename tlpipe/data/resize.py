@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
+from tlpipe.progress import progress
 
 from tlpipe.atomic import atomic_path
 from tlpipe.errors import TlpipeError
@@ -128,7 +128,7 @@ def build_cache(table: pd.DataFrame, raw: RawData, out_dir: Path, size: int, mod
                 row = row_of_path[path]
                 yield row, path, content, files[target[row, 0]], int(target[row, 1])
 
-        with (context.Pool(n_workers) as pool, tqdm(total=len(table), desc="resize", unit="img") as progress):
+        with (context.Pool(n_workers) as pool, progress(total=len(table), desc="resize", unit="img") as bar):
             for done in pool.imap_unordered(_decode_chunk, _chunks(jobs(), window, per_chunk, size, mode, contrast)):
                 window.release()
                 for row, path, error in done:
@@ -136,7 +136,7 @@ def build_cache(table: pd.DataFrame, raw: RawData, out_dir: Path, size: int, mod
                         ok[row] = True
                     else:
                         unreadable.append({"path": path, "reason": error})
-                progress.update(len(done))
+                bar.update(len(done))
         fraction = len(unreadable) / max(len(table), 1)
         if fraction > max_unreadable_fraction:
             listing = write_unreadable_list(out_dir, unreadable)

@@ -14,6 +14,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from tlpipe.progress import progress
+
 from tlpipe.atomic import DISK_FULL, atomic_path
 from tlpipe.errors import TlpipeError
 from tlpipe.data.raw import is_archive
@@ -76,7 +78,7 @@ def download_url(url: str, dest: Path) -> Path:
                                   "(a sign-in page, or a link to a page about the file). Use the file's direct "
                                   "download address.")
             total = int(response.headers.get("Content-Length") or 0) or None
-            with open(target, "wb") as out, tqdm(total=total, unit="B", unit_scale=True, desc=target.name) as bar:
+            with open(target, "wb") as out, progress(total=total, unit="B", unit_scale=True, desc=target.name) as bar:
                 while chunk := response.read(CHUNK):
                     out.write(chunk)
                     bar.update(len(chunk))
@@ -134,7 +136,7 @@ def copy_local(src: Path, dest: Path) -> None:
     if src.is_file():
         if not is_archive(src.name):
             raise TlpipeError(f"data.source: path:{src} is a file but not a .zip or .tar archive.")
-        with tqdm(total=src.stat().st_size, unit="B", unit_scale=True, desc=src.name) as bar:
+        with progress(total=src.stat().st_size, unit="B", unit_scale=True, desc=src.name) as bar:
             _copy_with_progress(src, dest / src.name, bar)
         return
     if not src.is_dir():
@@ -147,6 +149,6 @@ def copy_local(src: Path, dest: Path) -> None:
     for rel, reason in skipped:
         print(f"download: skipped {src / rel}: {reason}", file=sys.stderr)
     total = sum((src / f).stat().st_size for f in files)
-    with tqdm(total=total, unit="B", unit_scale=True, desc=src.name) as bar:
+    with progress(total=total, unit="B", unit_scale=True, desc=src.name) as bar:
         for rel in files:
             _copy_with_progress(src / rel, dest / src.name / rel, bar)

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
+from tlpipe.progress import progress
 
 from tlpipe.runtime import autocast, batches, to_float_images
 
@@ -30,7 +30,7 @@ def extract_features(model: nn.Module, images, batch_size: int, device: torch.de
         model.to(memory_format=torch.channels_last)
     chunks, f = [], open(out, "wb") if out is not None else None
     try:
-        for part in tqdm(list(batches(len(images), batch_size)), desc=desc, unit="batch"):
+        for part in progress(list(batches(len(images), batch_size)), desc=desc, unit="batch"):
             x = to_float_images(images[part], device, channels_last)
             with autocast(device):
                 result = model(x)

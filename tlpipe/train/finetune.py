@@ -145,7 +145,7 @@ def lr_range_test(model: Classifier, train: Split, cfg: dict, num_classes: int, 
 
 
 def fit(model: Classifier, train: Split, val: Split, cfg: dict, num_classes: int, device: torch.device,
-        log: Callable[[str], None] = print) -> FitResult:
+        log: Callable[[str], None] = print, on_epoch: Callable[[dict], None] | None = None) -> FitResult:
     """Train for `cfg['epochs']`, keeping the weights of the best epoch on `early_stop_metric`."""
     if len(train.labels) == 0 or len(val.labels) == 0:
         raise TlpipeError("finetune: the train and val splits must both hold images.")
@@ -169,6 +169,8 @@ def fit(model: Classifier, train: Split, val: Split, cfg: dict, num_classes: int
                                average)
         row |= validate(validated, val, cfg, device)
         result.history.append(row)
+        if on_epoch is not None:  # the stage logs it live (tlpipe/train/live.py): DVC sees progress mid-run
+            on_epoch(row)
         improved = _is_better(metric, row[metric], best)
         log(f"epoch {epoch}: train_loss {row['train_loss']:.4f} val_loss {row['val_loss']:.4f} "
             f"val_accuracy {row['val_accuracy']:.4f} ({row['train_images_per_s']:.0f} img/s)"

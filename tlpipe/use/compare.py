@@ -39,9 +39,18 @@ def _git(args: list[str], cwd: Path) -> str:
 
 
 def _file_at(rev: str, path: str, cwd: Path):
-    """A YAML/JSON file as committed in `rev`, or None when that revision does not hold it."""
+    """A YAML/JSON file as committed in `rev` (in Git, or a DVC output of that revision read from
+    the DVC cache, as the detailed metrics files are), or None when that revision does not hold it."""
     result = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=cwd, capture_output=True, text=True)
-    return yaml.safe_load(result.stdout) if result.returncode == 0 else None
+    if result.returncode == 0:
+        return yaml.safe_load(result.stdout)
+    import dvc.api
+    from dvc.exceptions import DvcException
+
+    try:
+        return yaml.safe_load(dvc.api.read(path, repo=str(cwd), rev=rev))
+    except (DvcException, FileNotFoundError, OSError):
+        return None
 
 
 def _dig(tree, dotted: str):

@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from tlpipe.errors import TlpipeError
 from tlpipe.data.images import decode_or_reason, is_image_name
 from tlpipe.data.raw import RawData, archive_members, is_archive, is_litter
 from tlpipe.model.inference import image_probabilities
 from tlpipe.model.modelfile import load_model
+from tlpipe.progress import progress
 from tlpipe.use.predictions import make_table
 
 
@@ -72,10 +72,9 @@ def _decoded(inputs: Inputs, preprocess: dict, skipped: list[dict]) -> Iterator[
     for raw, paths, prefix in inputs.groups:
         for path, content in raw.iter_bytes(paths):
             pixels, reason = decode_or_reason(content, preprocess["size"], preprocess["mode"], preprocess["contrast"])
-            if reason is None:
-                yield prefix + path, pixels
-            else:
+            if reason is not None:
                 skipped.append({"path": prefix + path, "reason": reason})
+            yield prefix + path, pixels  # None when unreadable: it still counts as done for the bar
 
 
 def predict(paths: list[str | Path], model_path: str | Path, batch_size: int, device: torch.device,
@@ -93,8 +92,10 @@ def predict(paths: list[str | Path], model_path: str | Path, batch_size: int, de
         batch.clear()
         batch_names.clear()
 
-    for name, pixels in tqdm(_decoded(inputs, meta["preprocess"], skipped), total=len(inputs),
-                             desc="predict", unit="img"):
+    for name, pixels in progress(_decoded(inputs, meta["preprocess"], skipped), total=len(inputs),
+                                 desc="predict", unit="img"):
+        if pixels is None:
+            continue
         batch.append(pixels)
         batch_names.append(name)
         if len(batch) == batch_size:

@@ -1,0 +1,34 @@
+"""Per-epoch metrics written as the epochs go, by DVCLive (DVC's logger), for DVC's tools to read.
+
+After every epoch DVCLive rewrites `live/finetune/metrics.json` (the latest epoch: what
+`dvc exp show` shows of a running experiment) and appends a row to one TSV per curve under
+`live/finetune/plots/metrics/training/` (`step` = epoch, the convention of DVC's `linear`
+template, which `dvc plots show` draws, mid-run too). dvc.yaml declares these files by hand:
+`dvcyaml=False`, so DVCLive never writes dvc.yaml, and `save_dvc_exp=False`, so it never makes
+an experiment of its own. The names sit under `training/` (columns `training.val_loss`, ...): they
+are the argmax figures of the latest epoch as training goes, not the headline of the kept model.
+Throughput and learning rate stay in the stage's log lines, out of the diffed metrics.
+"""
+
+from pathlib import Path
+
+LIVE_DIR = Path("live/finetune")
+CURVES = ("train_loss", "val_loss", "val_accuracy", "val_balanced_accuracy", "val_quadratic_kappa")
+
+
+class EpochLogger:
+    """`on_epoch` for tlpipe.train.finetune.fit: one DVCLive step per epoch."""
+
+    def __init__(self, directory: str | Path = LIVE_DIR):
+        from dvclive import Live
+
+        self.live = Live(str(directory), dvcyaml=False, save_dvc_exp=False, report=None)
+
+    def __call__(self, row: dict) -> None:
+        for name in CURVES:
+            if name in row:
+                self.live.log_metric(f"training/{name}", row[name])
+        self.live.next_step()
+
+    def close(self) -> None:
+        self.live.end()
