@@ -67,7 +67,7 @@ def make_dvc_project(project: Path) -> Path:
     run(["dvc", "init", "-q"], project)
     run(["dvc", "config", "core.analytics", "false"], project)
     # The offline `dvc plots show` page, as the repository's .dvc/config names it.
-    (project / ".dvc" / "plots").mkdir()
-    shutil.copy(REPO / ".dvc" / "plots" / "offline.html", project / ".dvc" / "plots" / "offline.html")
+    # and the project's plot templates beside it.
+    shutil.copytree(REPO / ".dvc" / "plots", project / ".dvc" / "plots")
     run(["dvc", "config", "plots.html_template", "plots/offline.html"], project)
     return project

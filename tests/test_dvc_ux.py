@@ -78,6 +78,7 @@ def test_plots_offline_and_experiments_in_one_screen(dvc_project, tmp_path):
     if dom is not None:  # each vega plot became a drawn chart, with the network unused
         assert dom.count('class="vega-embed') >= len(VEGA_PLOTS), dom[:2000]
         assert dom.count('role="graphics-document"') >= len(VEGA_PLOTS), dom[:2000]
+        assert ">undefined<" not in dom  # no facet panel without a file name
 
     # The run's page: self-contained (charts as inline SVG, pictures inline), no script, no remote file.
     summary = (project / "reports" / "summary.html").read_text(encoding="utf-8")

@@ -52,3 +52,12 @@ def test_plots_template_command_writes_the_page(tmp_path, capsys):
     assert main(["plots-template", "--out", str(out)]) == 0
     assert out.read_text(encoding="utf-8") == offline_html.page()
     assert "vega-embed" in capsys.readouterr().out
+
+
+def test_normalized_confusion_template_imputes_empty_cells_per_file():
+    import json
+
+    template = json.loads((REPO / ".dvc" / "plots" / "confusion_normalized_by_file.json").read_text())
+    imputes = [t for t in template["spec"]["transform"] if "impute" in t]
+    # DVC fills <DVC_METRIC_GROUP_BY_Y> with [rev, filename, y]: an imputed cell keeps its file's name.
+    assert [t["groupby"] for t in imputes] == ["<DVC_METRIC_GROUP_BY_Y>", "<DVC_METRIC_GROUP_BY_X>"]
