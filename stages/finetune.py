@@ -37,6 +37,10 @@ def main() -> None:
     with atomic_path("models/model.pt") as tmp:
         torch.save(checkpoint, tmp)
     best = result.history[result.best_epoch] if result.history else {}
+    if result.start is not None:
+        session.choices.setdefault("chosen_on_val", {})
+        session.choices["chosen_on_val"] |= {"probe_val_loss": result.start["val_loss"], "probe_val_accuracy": result.start["val_accuracy"],
+                   "frozen_epochs_undone": result.kept_probe}
     write_json("metrics/finetune.json", {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
                                          **{k: v for k, v in best.items() if k != "step"}, **session.choices,
                                          "wall_s": round(time.perf_counter() - started, 1)})

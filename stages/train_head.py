@@ -26,7 +26,10 @@ def main() -> None:
         torch.save(checkpoint, tmp)
     write_json("metrics/train_head.json", metrics | {"wall_s": round(time.perf_counter() - started, 1)})
     write_json("plots/train_head/curve.json", curve)
-    print(f"train-head ({cfg['kind']}, fitted on {len(y)} training images): val accuracy {metrics['val']['accuracy']:.4f}")
+    chosen = "".join(f", {k} {v:g} (chosen on validation)" for k, v in metrics.get("chosen_on_val", {}).items()
+                     if k == "C")
+    print(f"train-head ({cfg['kind']}, fitted on {len(y)} training images): "
+          f"val accuracy {metrics['val']['accuracy']:.4f}{chosen}")
 
 
 if __name__ == "__main__":

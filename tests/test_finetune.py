@@ -23,7 +23,8 @@ def tiny_data(n: int, seed: int, size: int = 32) -> ft.Split:
 
 def tiny_cfg(**overrides) -> dict:
     cfg = default_params()["finetune"] | {"epochs": 2, "freeze_epochs": 0, "batch_size": 8, "device": "cpu",
-                                          "patience": 0, "lr": 0.003, "early_stop_metric": "val_loss"}
+                                          "patience": 0, "lr": 0.003, "early_stop_metric": "val_loss",
+                                          "probe_C": 0.1}
     return cfg | overrides
 
 

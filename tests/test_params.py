@@ -17,9 +17,10 @@ def test_shipped_params_are_valid():
     [
         (lambda p: p["split"].update(sed=1), "unknown key 'split.sed'. Did you mean 'seed'?"),
         (lambda p: p.update(finetun={}), "unknown section 'finetun'. Did you mean 'finetune'?"),
-        (lambda p: p["resize"].update(size=0), "'resize.size' must be int >= 1, got 0"),
-        (lambda p: p["resize"].update(size="big"), "'resize.size' must be int >= 1, got 'big' (str)"),
+        (lambda p: p["resize"].update(size=0), "'resize.size' must be 'auto' or int >= 1, got 0"),
+        (lambda p: p["resize"].update(size="big"), "'resize.size' must be 'auto' or int >= 1, got 'big' (str)"),
         (lambda p: p["finetune"].update(amp=1), "'finetune.amp' must be bool"),
+        (lambda p: p["head"].update(C="best"), "'head.C' must be 'auto' or int or float > 0, got 'best' (str)"),
         (lambda p: p["head"].update(epochs=True), "'head.epochs' must be int"),
         (lambda p: p["resize"].update(mode="stretch"), "'resize.mode' must be one of 'squash', 'center-crop', 'pad'"),
         (lambda p: p["split"].update(val_fraction=0.5, test_fraction=0.5), "must be < 1"),

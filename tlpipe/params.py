@@ -26,6 +26,7 @@ class Spec:
     max: float | None = None
     min_exclusive: bool = False
     nullable: bool = False
+    auto: bool = False  # the string 'auto' is allowed too (the value is then chosen by the stage)
 
     def describe(self) -> str:
         if self.choices:
@@ -37,7 +38,7 @@ class Spec:
                 text += f" {'>' if self.min_exclusive else '>='} {self.min}"
             if self.max is not None:
                 text += f" <= {self.max}"
-        return text + (" (or null)" if self.nullable else "")
+        return ("'auto' or " if self.auto else "") + text + (" (or null)" if self.nullable else "")
 
 
 NUM = (int, float)
@@ -45,6 +46,7 @@ FRACTION = Spec(NUM, min=0, max=1)
 POSITIVE_INT = Spec(int, min=1)
 NON_NEGATIVE_INT = Spec(int, min=0)
 POSITIVE = Spec(NUM, min=0, min_exclusive=True)
+AUTO_OR_POSITIVE = Spec(NUM, min=0, min_exclusive=True, auto=True)
 NON_NEGATIVE = Spec(NUM, min=0)
 BOOL = Spec(bool)
 
@@ -69,7 +71,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "cross_split_duplicates": Spec(str, choices=("report", "drop")),
     },
     "resize": {
-        "size": POSITIVE_INT,
+        "size": Spec(int, min=1, auto=True),
         "mode": Spec(str, choices=("squash", "center-crop", "pad")),
         "contrast": Spec(str, choices=("none", "equalize", "autocontrast")),
         "workers": NON_NEGATIVE_INT,
@@ -88,7 +90,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
     },
     "head": {
         "kind": Spec(str, choices=("logreg", "mlp", "attention")),
-        "C": POSITIVE,
+        "C": AUTO_OR_POSITIVE,
         "class_weight": Spec(str, choices=("balanced", "none")),
         "hidden": Spec((list, int), min=1),
         "dropout": Spec(NUM, min=0, max=0.95),
@@ -117,7 +119,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "bn_policy": Spec(str, choices=("train", "freeze")),
         "head": Spec(str, choices=("linear", "attention")),
         "head_init": Spec(str, choices=("probe", "random")),
-        "probe_C": POSITIVE,
+        "probe_C": AUTO_OR_POSITIVE,
         "probe_max_images": NON_NEGATIVE_INT,
         "aug_scale_min": Spec(NUM, min=0.05, max=1),
         "aug_flip": BOOL,
@@ -151,6 +153,8 @@ def _closest(name: str, options) -> str:
 
 
 def _check_value(key: str, value: Any, spec: Spec) -> None:
+    if spec.auto and value == "auto":
+        return
     if value is None:
         if spec.nullable:
             return

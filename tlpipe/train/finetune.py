@@ -21,7 +21,8 @@ from tlpipe.model.classifier import AttentionHead, Classifier, make_head
 from tlpipe.model.inference import predict_logits
 from tlpipe.runtime import autocast
 from tlpipe.train.augment import Augment
-from tlpipe.train.head import class_weights, fit_logreg
+from tlpipe.train.choose import choose_logreg, fit_temperature, scale_linear
+from tlpipe.train.head import class_weights
 from tlpipe.train.loader import device_batches
 from tlpipe.train.lr_find import LrCurve, range_test
 from tlpipe.train.order import epoch_order
@@ -47,20 +48,48 @@ class FitResult:
     state_dict: dict
     best_epoch: int
     history: list[dict] = field(default_factory=list)
+    start: dict | None = None   # validation figures of the starting model (the probe), when checked
+    kept_probe: bool = False    # the frozen epochs ended worse on validation loss than the probe: undone
 
 
-def build_model(backbone: Backbone, num_classes: int, cfg: dict, probe: Features | None = None) -> Classifier:
-    """Backbone + linear head; with head_init 'probe' the head starts as a logistic regression fitted on
-    `probe` (the frozen backbone's features of the training split), so the first epochs refine a good
-    head instead of pushing random gradients into the body. It is fitted here, not read from
-    train-head, so that iterating on `head.*` never reruns this stage."""
-    head = make_head(backbone.num_features, num_classes)
-    if cfg["head_init"] == "probe":
-        if probe is None or probe.values.shape[1] != backbone.num_features:
-            raise TlpipeError("finetune: data/features does not match backbone.name; "
-                              "run `dvc repro` so that extract-features reruns.")
-        head = fit_logreg(probe.values, probe.labels, num_classes, cfg["probe_C"],
-                          cfg["class_balance"] != "none", cfg["seed"])
+def probe_head(backbone: Backbone, num_classes: int, cfg: dict, probe: Features | None,
+               probe_val: Features | None = None) -> tuple[nn.Module, dict]:
+    """The starting head of `head_init: probe`: a logistic regression on the frozen backbone's features
+    of the training split, its C chosen on the validation features (`probe_C: auto`) and its logits
+    divided by a temperature fitted on them, so the first epochs start from a calibrated head.
+    Returns the head and what was chosen (for the stage's metrics)."""
+    if probe is None or probe.values.shape[1] != backbone.num_features or (
+            probe_val is not None and probe_val.values.shape[1] != backbone.num_features):
+        raise TlpipeError("finetune: data/features does not match backbone.name; "
+                          "run `dvc repro` so that extract-features reruns.")
+    if probe_val is None:
+        if cfg["probe_C"] == "auto":
+            raise TlpipeError("finetune: finetune.probe_C: auto chooses C on the validation features; "
+                              "none were given (data/features/val.npy).")
+        probe_val = Features(probe.values[:0], probe.labels[:0])
+    head, chosen = choose_logreg(probe.values, probe.labels, probe_val.values, probe_val.labels, num_classes,
+                                 cfg["probe_C"], cfg["class_balance"] != "none", cfg["seed"])
+    report = {"probe_C": chosen["C"], **({"probe_C_grid": chosen["C_grid"]} if "C_grid" in chosen else {})}
+    if len(probe_val.labels):
+        with torch.no_grad():
+            logits = head(torch.from_numpy(np.asarray(probe_val.values)).float())
+        temperature = fit_temperature(logits, probe_val.labels)
+        scale_linear(head, temperature)
+        report |= {"probe_temperature": temperature,
+                   "probe_val_loss_on_features": nn.functional.cross_entropy(
+                       logits / temperature, torch.from_numpy(np.asarray(probe_val.labels))).item()}
+    return head, report
+
+
+def build_model(backbone: Backbone, num_classes: int, cfg: dict, probe: Features | None = None,
+                head: nn.Module | None = None) -> Classifier:
+    """Backbone + head; `head` if given, else with head_init 'probe' the head starts as a logistic
+    regression fitted on `probe` (see probe_head), so the first epochs refine a good head instead of
+    pushing random gradients into the body. It is fitted here, not read from train-head, so that
+    iterating on `head.*` never reruns this stage."""
+    if head is None:
+        head = (probe_head(backbone, num_classes, cfg, probe)[0] if cfg["head_init"] == "probe"
+                else make_head(backbone.num_features, num_classes))
     if cfg["head"] == "attention":  # (a spatial backbone) its pooling starts uniform: the probe is exact at first
         attention = AttentionHead(backbone.num_features, num_classes)
         attention.classify = head
@@ -163,11 +192,27 @@ def fit(model: Classifier, train: Split, val: Split, cfg: dict, num_classes: int
     metric = cfg["early_stop_metric"]
     result = FitResult(copy.deepcopy(model.state_dict()), best_epoch=-1)
     best, since_best = None, 0
+    # The frozen epochs train the probe head on augmented images with a smoothed loss, while the probe
+    # was fitted (and its C and temperature chosen) on plain features: they can end worse than where
+    # they started. The starting model is validated, and the frozen epochs are undone when they end
+    # with a higher validation loss, so epoch 0 is never worse than the probe on validation.
+    check_start = cfg["head_init"] == "probe" and 0 < cfg["freeze_epochs"] <= cfg["epochs"]
+    if check_start:
+        result.start = validate(validated, val, cfg, device)
+        start_head = copy.deepcopy(model.head.state_dict())
+        log(f"probe: val_loss {result.start['val_loss']:.4f} val_accuracy {result.start['val_accuracy']:.4f}")
     for epoch in range(cfg["epochs"]):
         row = {"step": epoch, "lr": optimizer.param_groups[0]["lr"]}
         row |= train_one_epoch(model, train, optimizer, scheduler, loss_fn, augment, cfg, epoch, device, generator,
                                average)
         row |= validate(validated, val, cfg, device)
+        if check_start and epoch == cfg["freeze_epochs"] - 1 and row["val_loss"] > result.start["val_loss"]:
+            log(f"epoch {epoch}: val_loss {row['val_loss']:.4f} is worse than the probe's; the frozen epochs "
+                "are undone (the probe head is kept)")
+            for target in {id(model): model, id(validated): validated}.values():
+                target.head.load_state_dict(start_head)
+            row |= result.start
+            result.kept_probe = True
         result.history.append(row)
         if on_epoch is not None:  # the stage logs it live (tlpipe/train/live.py): DVC sees progress mid-run
             on_epoch(row)

@@ -11,9 +11,7 @@ import copy
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, log_loss
-from sklearn.preprocessing import StandardScaler
 from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 
@@ -22,6 +20,7 @@ from tlpipe.model.classifier import AttentionHead, make_head
 from tlpipe.model.decision import fit_threshold
 from tlpipe.model.inference import feature_probabilities
 from tlpipe.model.modelfile import head_checkpoint
+from tlpipe.train.choose import choose_logreg
 
 
 def class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -33,22 +32,8 @@ def class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 def fit_logreg(x: np.ndarray, y: np.ndarray, num_classes: int, C: float, balanced: bool, seed: int) -> nn.Linear:
-    """L2 logistic regression on standardised features, folded into one nn.Linear on the raw features."""
-    scaler = StandardScaler().fit(x)
-    model = LogisticRegression(C=C, max_iter=3000, class_weight="balanced" if balanced else None, random_state=seed)
-    model.fit(scaler.transform(x), y)
-    coef, intercept = model.coef_, model.intercept_
-    if num_classes == 2 and coef.shape[0] == 1:
-        # scikit-learn keeps one row for two classes; softmax over [-z/2, z/2] equals sigmoid(z).
-        coef = np.vstack([-coef / 2, coef / 2])
-        intercept = np.array([-intercept[0] / 2, intercept[0] / 2])
-    scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
-    layer = nn.Linear(x.shape[1], num_classes)
-    with torch.no_grad():
-        weight = coef / scale
-        layer.weight.copy_(torch.from_numpy(weight).float())
-        layer.bias.copy_(torch.from_numpy(intercept - weight @ scaler.mean_).float())
-    return layer
+    """L2 logistic regression on standardised features at a fixed C, folded into one nn.Linear on the raw features."""
+    return choose_logreg(x, y, x[:0], y[:0], num_classes, C, balanced, seed)[0]
 
 
 def hidden_units(hidden: int | list[int]) -> list[int]:
@@ -112,13 +97,16 @@ def train_head(cfg: dict, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val
         raise TlpipeError("train-head: the training split has fewer than 2 classes.")
     num_classes = len(classes)
     curve: list[dict] = []
+    chosen: dict = {}
     if cfg["kind"] == "logreg":
-        head = fit_logreg(x, y, num_classes, cfg["C"], cfg["class_weight"] == "balanced", cfg["seed"])
+        head, chosen = choose_logreg(x, y, x_val, y_val, num_classes, cfg["C"], cfg["class_weight"] == "balanced",
+                                     cfg["seed"])
+        chosen = {"C": chosen["C"], **({"C_grid": chosen["C_grid"]} if "C_grid" in chosen else {})}
     else:
         head, curve = _fit_torch_head(cfg, x, y, x_val, y_val, num_classes)
     probs = {"train": feature_probabilities(head, x), "val": feature_probabilities(head, x_val)}
     checkpoint = head_checkpoint(head, classes, threshold=fit_threshold(y_val, probs["val"]), kind=cfg["kind"])
-    metrics = {}
+    metrics: dict = {"chosen_on_val": chosen} if chosen else {}
     for split, labels in {"train": y, "val": y_val}.items():
         metrics[split] = {"accuracy": float(accuracy_score(labels, probs[split].argmax(1))),
                           "log_loss": float(log_loss(labels, probs[split], labels=list(range(num_classes))))}

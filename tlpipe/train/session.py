@@ -12,8 +12,8 @@ from tlpipe.data.cache import load_classes, load_features, load_spatial_features
 from tlpipe.model.backbones import create_backbone
 from tlpipe.model.classifier import AttentionHead, Classifier
 from tlpipe.model.inference import feature_probabilities
-from tlpipe.train.finetune import Features, Split, build_model, lr_range_test
-from tlpipe.train.head import fit_logreg
+from tlpipe.train.choose import choose_logreg
+from tlpipe.train.finetune import Features, Split, build_model, lr_range_test, probe_head
 from tlpipe.train.lr_find import LrCurve, suggest
 from tlpipe.train.sample import bounded_sample, take_rows
 from tlpipe.train.strategy import choose
@@ -50,8 +50,8 @@ def probe_score(model: Classifier, probe: Features, val_features: np.ndarray, va
     when it was initialised from the probe, else one fitted here the same way)."""
     head = model.head.classify if isinstance(model.head, AttentionHead) else model.head
     if cfg["head_init"] != "probe":
-        head = fit_logreg(probe.values, probe.labels, num_classes, cfg["probe_C"], cfg["class_balance"] != "none",
-                          cfg["seed"])
+        head = choose_logreg(probe.values, probe.labels, val_features, val_labels, num_classes, cfg["probe_C"],
+                             cfg["class_balance"] != "none", cfg["seed"])[0]
     predicted = feature_probabilities(head, val_features).argmax(1)
     return float(balanced_accuracy_score(val_labels, predicted))
 
@@ -66,10 +66,13 @@ def prepare(p: dict, device: torch.device, find_lr: bool | None = None, log=prin
     val = Split(*load_split("data/cache", "val")[:2])
     backbone = create_backbone(p["backbone"]["name"], p["backbone"]["weights"], spatial=cfg["head"] == "attention")
     probe = probe_features("train", backbone.num_features, cfg["probe_max_images"], cfg["seed"])  # large sets: a sample
-    model = build_model(backbone, len(classes), cfg, probe)
+    val_probe = probe_features("val", backbone.num_features)
     choices: dict = {}
+    head = None
+    if cfg["head_init"] == "probe":  # probe_C (auto: on validation) and a temperature fitted on validation
+        head, choices["chosen_on_val"] = probe_head(backbone, len(classes), cfg, probe, val_probe)
+    model = build_model(backbone, len(classes), cfg, probe, head=head)
     if cfg["strategy"] == "auto":
-        val_probe = probe_features("val", backbone.num_features)
         score = probe_score(model, probe, val_probe.values, val_probe.labels, cfg, len(classes))
         choices["probe_val_balanced_accuracy"] = score
     else:
