@@ -6,7 +6,8 @@ from pathlib import Path
 from tlpipe import params
 from tlpipe.atomic import write_json
 from tlpipe.data.cache import read_csv
-from tlpipe.data.resize import build_cache
+from tlpipe.data.resize import auto_size, build_cache, source_side
+from tlpipe.model.backbones import input_size
 from tlpipe.data.raw import RawData
 from tlpipe.stage import run, wall_s
 
@@ -16,8 +17,16 @@ def main() -> None:
     cfg = p["resize"]
     table = read_csv("data/split.csv", dtype=str, usecols=["path", "label", "split"])
     raw = RawData("data/raw", p["data"]["max_archive_gb"], p["data"]["max_archive_entries"])
-    metrics = build_cache(table, raw, Path("data/cache"), cfg["size"], cfg["mode"], cfg["workers"],
-                          cfg["max_unreadable_fraction"], cfg["contrast"], cfg["shard_mb"])
+    size, chosen = cfg["size"], {}
+    if size == "auto":
+        source = source_side(raw, table["path"].tolist())
+        size = auto_size(input_size(p["backbone"]["name"]), source)
+        chosen = {"size_auto": {"backbone_input_size": input_size(p["backbone"]["name"]),
+                                "source_median_side": source, "size": size}}
+        print(f"resize: size auto = {size} px (backbone {p['backbone']['name']} {chosen['size_auto']['backbone_input_size']} "
+              f"px, source images' median side {source} px)")
+    metrics = build_cache(table, raw, Path("data/cache"), size, cfg["mode"], cfg["workers"],
+                          cfg["max_unreadable_fraction"], cfg["contrast"], cfg["shard_mb"]) | chosen
     write_json("metrics/resize.json", metrics | {"wall_s": wall_s()})
     print(f"resize: {metrics['images']} cached, {metrics['unreadable_count']} unreadable")
 

@@ -3,7 +3,7 @@
 from tlpipe import params
 from tlpipe.atomic import atomic_path, write_json
 from tlpipe.data.raw import RawData
-from tlpipe.data.split import build_split, split_metrics, write_split_csv
+from tlpipe.data.split import build_split, split_metrics, warn_leaks, write_split_csv
 from tlpipe.stage import run, wall_s
 
 
@@ -13,8 +13,9 @@ def main() -> None:
     table, report = build_split(raw, p["split"])
     with atomic_path("data/split.csv") as tmp:
         write_split_csv(table, tmp)
-    metrics = split_metrics(table, report) | {"wall_s": wall_s()}
+    metrics = split_metrics(table, report, p["split"]["near_duplicate_similarity"]) | {"wall_s": wall_s()}
     write_json("metrics/split.json", metrics)
+    warn_leaks(metrics)
     print(f"split: {metrics['total']} ({metrics['skipped_count']} files skipped, see metrics/split.json)")
 
 

@@ -67,8 +67,10 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "group_column": Spec(str, nullable=True),
         "split_column": Spec(str, nullable=True),
         "existing_val": Spec(str, choices=("keep", "train")),
+        "existing_test": Spec(str, choices=("keep", "train")),
         "small_class": Spec(str, choices=("error", "drop")),
         "cross_split_duplicates": Spec(str, choices=("report", "drop")),
+        "near_duplicate_similarity": Spec(NUM, min=0, max=1, nullable=True),
     },
     "resize": {
         "size": Spec(int, min=1, auto=True),

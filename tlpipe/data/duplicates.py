@@ -1,4 +1,5 @@
-"""Copies of one image among the listed files: found by content, then kept, grouped or dropped."""
+"""Copies of one image among the listed files: identical bytes, and near-duplicates (tlpipe.data.phash),
+found by content, then kept, grouped or dropped."""
 
 from __future__ import annotations
 
@@ -6,26 +7,33 @@ import hashlib
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 
+from tlpipe.data.phash import fingerprint, near_duplicates
 from tlpipe.data.raw import RawData
 
 if TYPE_CHECKING:
     from tlpipe.data.split import SplitReport
 
 
-def _content_hashes(raw: RawData, paths: list[str], report: SplitReport) -> dict[str, str]:
+def _content_hashes(raw: RawData, paths: list[str], report: SplitReport,
+                    prints: dict | None = None) -> dict[str, str]:
+    """Content hash of every readable file; with `prints`, also its near-duplicate fingerprint."""
     hashes = {}
     for path, content in raw.iter_bytes(paths):
         if isinstance(content, Exception):
             report.skip(path, f"unreadable: {content}")
         else:
             hashes[path] = hashlib.blake2b(content, digest_size=16).hexdigest()
+            if prints is not None and (found := fingerprint(content)) is not None:
+                prints[path] = found
     return hashes
 
 
-def _union_groups(images: pd.DataFrame) -> pd.Series:
-    """Merge the groups of rows that share content, so that carving never separates copies."""
+def _union_groups(images: pd.DataFrame, near: list[tuple[str, str]]) -> pd.Series:
+    """Merge the groups of rows that share content or are near-duplicates, so that carving never
+    separates copies."""
     parent: dict[str, str] = {}
 
     def root(group: str) -> str:
@@ -33,13 +41,45 @@ def _union_groups(images: pd.DataFrame) -> pd.Series:
             group = parent[group]
         return group
 
+    def union(a: str, b: str) -> None:
+        a, b = root(a), root(b)
+        if a != b:
+            parent[b] = a
+
     for _, copies in images.groupby("hash", sort=False):
-        first = root(copies["group"].iloc[0])
         for group in copies["group"].iloc[1:]:
-            other = root(group)
-            if other != first:
-                parent[other] = first
+            union(copies["group"].iloc[0], group)
+    group_of = dict(zip(images["path"], images["group"]))
+    for a, b in near:
+        if a in group_of and b in group_of:
+            union(group_of[a], group_of[b])
     return images["group"].map(root)
+
+
+def _near_pairs(images: pd.DataFrame, prints: dict, similarity: float) -> list[tuple[str, str]]:
+    """Near-duplicate pairs (path, path) among the kept images, identical content left out."""
+    paths = [p for p in images["path"] if p in prints]
+    if len(paths) < 2:
+        return []
+    hashes = np.array([prints[p][0] for p in paths], dtype=np.uint64)
+    thumbs = np.stack([prints[p][1] for p in paths])
+    content = dict(zip(images["path"], images["hash"]))
+    return [(paths[i], paths[j]) for i, j in near_duplicates(hashes, thumbs, similarity)
+            if content[paths[i]] != content[paths[j]]]
+
+
+def _drop_near_across_shipped(images: pd.DataFrame, near: list[tuple[str, str]], report: SplitReport) -> pd.DataFrame:
+    """`cross_split_duplicates: drop`: the image on the side we learn from (train, then val) goes."""
+    rank = dict(zip(images["path"], images["shipped"].map({"test": 0, "val": 1, "train": 2}).fillna(3)))
+    shipped = dict(zip(images["path"], images["shipped"]))
+    dropped: set[str] = set()
+    for a, b in near:
+        if rank[a] == rank[b] or a in dropped or b in dropped:
+            continue
+        keep, drop = (a, b) if rank[a] < rank[b] else (b, a)
+        dropped.add(drop)
+        report.skip(drop, f"near-duplicate of {keep} ({shipped[keep]} split)")
+    return images[~images["path"].isin(dropped)]
 
 
 def handle_duplicates(images: pd.DataFrame, raw: RawData, cfg: dict, report: SplitReport) -> pd.DataFrame:
@@ -48,9 +88,14 @@ def handle_duplicates(images: pd.DataFrame, raw: RawData, cfg: dict, report: Spl
     - the same file name twice in one split (a nested copy of the tree): one copy is kept;
     - other copies in one split are kept, and put in one group so carving never separates them;
     - copies across shipped splits are reported, or dropped from the side we learn from;
-    - copies with different labels cannot all be right: all are dropped.
+    - copies with different labels cannot all be right: all are dropped;
+    - near-duplicates (split.near_duplicate_similarity, null: off) are grouped like copies; across
+      shipped splits they are reported (metrics/split.json, near_duplicates) or, with
+      cross_split_duplicates: drop, dropped from the side we learn from.
     """
-    hashes = _content_hashes(raw, images["path"].tolist(), report)
+    similarity = cfg["near_duplicate_similarity"]
+    prints: dict | None = {} if similarity is not None else None
+    hashes = _content_hashes(raw, images["path"].tolist(), report, prints)
     images = images[images["path"].isin(hashes)].copy()
     images["hash"] = images["path"].map(hashes)
     rank = images["shipped"].map({"test": 0, "val": 1, "train": 2}).fillna(3)
@@ -81,5 +126,55 @@ def handle_duplicates(images: pd.DataFrame, raw: RawData, cfg: dict, report: Spl
                 else:
                     report.duplicates.append(entry)
     images = images.loc[sorted(keep)].drop(columns=["_rank", "_depth"])
-    images["group"] = _union_groups(images)
+    near = _near_pairs(images, prints, similarity) if prints is not None else []
+    if near and cfg["cross_split_duplicates"] == "drop":
+        images = _drop_near_across_shipped(images, near, report)
+        kept = set(images["path"])
+        near = [(a, b) for a, b in near if a in kept and b in kept]
+    report.near_duplicate_pairs = near
+    images["group"] = _union_groups(images, near)
     return images
+
+
+def _components(pairs: list[tuple[str, str]]) -> list[set[str]]:
+    parent: dict[str, str] = {}
+
+    def root(x: str) -> str:
+        while parent.get(x, x) != x:
+            parent[x] = x = parent.get(parent[x], parent[x])
+        return x
+
+    for a, b in pairs:
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            parent[rb] = ra
+    groups: dict[str, set[str]] = {}
+    for x in {p for pair in pairs for p in pair}:
+        groups.setdefault(root(x), set()).add(x)
+    return list(groups.values())
+
+
+def leak_report(table: pd.DataFrame, report: SplitReport, similarity: float | None, examples: int = 10) -> dict:
+    """Copies and near-duplicates among the final splits: groups, and for val and test the images
+    with a copy or near-duplicate in another split (count, per class, examples)."""
+    copies = [(e["path"], e["same_as"]) for e in report.cross_split_duplicates + report.duplicates]
+    split_of, label_of = dict(zip(table["path"], table["split"])), dict(zip(table["path"], table["label"]))
+    pairs = [(a, b) for a, b in report.near_duplicate_pairs + copies if a in split_of and b in split_of]
+    groups = _components(pairs)
+    across: dict[str, dict] = {}
+    for split in ("val", "test"):
+        matches: dict[str, str] = {}
+        for a, b in pairs:
+            for here, there in ((a, b), (b, a)):
+                if split_of[here] == split and split_of[there] != split:
+                    matches.setdefault(here, there)
+        per_class = pd.Series([label_of[p] for p in matches], dtype=object).value_counts()
+        total = int((table["split"] == split).sum())
+        across[split] = {"images": len(matches), "of": total,
+                         "per_class": {label: int(n) for label, n in per_class.sort_index().items()},
+                         "examples": [{"path": p, "near": matches[p], "near_split": split_of[matches[p]]}
+                                      for p in sorted(matches)[:examples]]}
+    return {"similarity": similarity, "pairs": len(pairs), "groups": len(groups),
+            "images_in_groups": sum(len(g) for g in groups), "largest_group": max((len(g) for g in groups), default=0),
+            "pairs_with_different_labels": sum(label_of[a] != label_of[b] for a, b in pairs),
+            "across_splits": across}

@@ -8,6 +8,7 @@ travel back through a pipe, and no output page is mapped into any process, so re
 stays flat whatever the data set size (the page cache holds the written data, not the process).
 """
 
+import io
 import json
 import multiprocessing
 import os
@@ -17,13 +18,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tlpipe.progress import progress
+from PIL import Image
 
 from tlpipe.atomic import atomic_path
 from tlpipe.errors import TlpipeError
 from tlpipe.data.images import decode_or_reason
 from tlpipe.data.raw import RawData
 from tlpipe.data import SPLITS
+from tlpipe.progress import progress
 from tlpipe.data.shards import create_npy, rows_per_shard, shard_name, shard_ranges
 
 CHUNK_IMAGES = 64       # images per task at most: amortises the hand-off (a 7 KB JPEG decodes in ~0.2 ms)
@@ -185,3 +187,29 @@ def _finish_shard(folder: Path, split: str, partial: Path, offset: int, image_sh
         partial.unlink()
     index["label_index"] = index["label"].map(label_index)
     index.to_csv(final.with_suffix(".csv"), index=False, lineterminator="\n")
+
+
+MIN_AUTO_SIZE = 64  # 2x the 32-pixel stride of the usual backbones: the last feature map keeps 2x2 cells
+SIZE_SAMPLE = 256   # images whose headers give the source size
+
+
+def source_side(raw: RawData, paths: list[str], seed: int = 0) -> int | None:
+    """The median longer side, in pixels, of a seeded sample of the source images (headers only)."""
+    rng = np.random.default_rng(seed)
+    sample = sorted(rng.choice(paths, size=min(SIZE_SAMPLE, len(paths)), replace=False)) if paths else []
+    sides = []
+    for _, content in raw.iter_bytes(sample):
+        try:
+            sides.append(max(Image.open(io.BytesIO(content)).size))
+        except Exception:  # noqa: BLE001 - unreadable files are reported by the resize itself
+            continue
+    return int(np.median(sides)) if sides else None
+
+
+def auto_size(backbone_size: int, source: int | None) -> int:
+    """`resize.size: auto`: the backbone's input size, but no larger than the source images hold
+    (rounded up to a multiple of 32) and never below MIN_AUTO_SIZE: upsampling 8-pixel digits to
+    224 adds no information and costs 12x the compute of 64 px."""
+    if source is None:
+        return backbone_size
+    return min(backbone_size, max(MIN_AUTO_SIZE, -(-source // 32) * 32))

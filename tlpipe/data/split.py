@@ -18,7 +18,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from tlpipe.errors import TlpipeError
 from tlpipe.data import SPLITS
-from tlpipe.data.duplicates import handle_duplicates
+from tlpipe.data.duplicates import handle_duplicates, leak_report
 from tlpipe.data.images import is_image_name
 from tlpipe.data.raw import RawData, is_litter
 
@@ -35,6 +35,7 @@ class SplitReport:
     labels_without_file: list[str] = field(default_factory=list)
     empty_folders: list[str] = field(default_factory=list)
     ungrouped_files: int = 0
+    near_duplicate_pairs: list[tuple[str, str]] = field(default_factory=list)
 
     def skip(self, path: str, reason: str) -> None:
         self.skipped.append({"path": path, "reason": reason})
@@ -214,6 +215,8 @@ def build_split(raw: RawData, cfg: dict) -> tuple[pd.DataFrame, SplitReport]:
     if images.empty:
         raise TlpipeError(f"{raw.root}: no image files found ({len(report.skipped)} other files skipped). "
                           "Expect class folders of images, e.g. data/cats/001.jpg.")
+    if cfg["existing_test"] == "train":  # carve a test split of our own, by groups, from everything
+        images.loc[images["shipped"] == "test", "shipped"] = "train"
     images = handle_duplicates(images, raw, cfg, report)
     images["split"] = assign_splits(images, cfg)
     table = images[COLUMNS]
@@ -233,7 +236,7 @@ def build_split(raw: RawData, cfg: dict) -> tuple[pd.DataFrame, SplitReport]:
     return table.sort_values("path").reset_index(drop=True), report
 
 
-def split_metrics(table: pd.DataFrame, report: SplitReport) -> dict:
+def split_metrics(table: pd.DataFrame, report: SplitReport, similarity: float | None = None) -> dict:
     counts = pd.crosstab(table["split"], table["label"])
     return {
         "total": {s: int((table["split"] == s).sum()) for s in SPLITS},
@@ -245,6 +248,7 @@ def split_metrics(table: pd.DataFrame, report: SplitReport) -> dict:
         "skipped": sorted(report.skipped, key=lambda r: r["path"]),
         "cross_split_duplicates": report.cross_split_duplicates,
         "duplicates_kept": report.duplicates,
+        "near_duplicates": leak_report(table, report, similarity),
         "labels_without_file": report.labels_without_file,
         "empty_folders": report.empty_folders,
     }
@@ -252,3 +256,14 @@ def split_metrics(table: pd.DataFrame, report: SplitReport) -> dict:
 
 def write_split_csv(table: pd.DataFrame, path) -> None:
     table.to_csv(path, index=False, lineterminator="\n")
+
+
+def warn_leaks(metrics: dict) -> None:
+    """Say loudly when validation or test images have copies or near-duplicates in another split."""
+    for split, leak in metrics["near_duplicates"]["across_splits"].items():
+        if leak["images"]:
+            per_class = ", ".join(f"{label} {n}" for label, n in leak["per_class"].items())
+            print(f"split: WARNING: {leak['images']} of {leak['of']} {split} images have a copy or near-duplicate in "
+                  f"another split (per class: {per_class}); figures on this {split} split are flattered. "
+                  "Examples in metrics/split.json (near_duplicates). set split.cross_split_duplicates: drop, "
+                  "or split.existing_test: train to carve a leak-free test split.", file=sys.stderr)

@@ -134,6 +134,22 @@ def _timm(name: str, pretrained: bool, spatial: bool = False) -> Backbone:
                     tuple(config["mean"]), tuple(config["std"]))
 
 
+def input_size(name: str) -> int:
+    """The input size a backbone's weights were trained at, without loading any weights."""
+    if name in LITE_INPUT_SIZE:
+        return LITE_INPUT_SIZE[name]
+    if name.startswith("timm:"):
+        import timm
+
+        config = timm.get_pretrained_cfg(name.removeprefix("timm:"))
+        if config is None:
+            return _timm(name.removeprefix("timm:"), pretrained=False).input_size
+        return int(config.input_size[-1])
+    if name not in _torchvision_names():
+        _torchvision(name, pretrained=False)  # raises the unknown-name error with suggestions
+    return int(torchvision.models.get_model_weights(name).DEFAULT.transforms().crop_size[0])
+
+
 def create_backbone(name: str, weights: str, spatial: bool = False) -> Backbone:
     """The backbone `name`; `spatial`: its last feature map (N, C, h, w) instead of pooled features,
     for attention pooling."""
