@@ -68,6 +68,7 @@ def test_variants_of_a_test_image_in_train_are_found_and_grouped_and_distinct_on
     leak = split_metrics(table, report, 0.97)["near_duplicates"]
     assert leak["across_splits"]["test"]["images"] == 4
     assert leak["across_splits"]["test"]["per_class"] == {"cat": 2, "dog": 2}
+    assert leak["across_splits"]["test"]["with_a_match_in"] == {"train": 4}
     assert leak["pairs"] == 4 and leak["largest_group"] == 2 and leak["pairs_with_different_labels"] == 0
     # validation is carved from train only, and never holds a training image's near-duplicate
     assert leak["across_splits"]["val"]["images"] == 0

@@ -164,14 +164,17 @@ def leak_report(table: pd.DataFrame, report: SplitReport, similarity: float | No
     across: dict[str, dict] = {}
     for split in ("val", "test"):
         matches: dict[str, str] = {}
+        by_split: dict[str, set[str]] = {}
         for a, b in pairs:
             for here, there in ((a, b), (b, a)):
                 if split_of[here] == split and split_of[there] != split:
                     matches.setdefault(here, there)
+                    by_split.setdefault(split_of[there], set()).add(here)
         per_class = pd.Series([label_of[p] for p in matches], dtype=object).value_counts()
         total = int((table["split"] == split).sum())
         across[split] = {"images": len(matches), "of": total,
                          "per_class": {label: int(n) for label, n in per_class.sort_index().items()},
+                         "with_a_match_in": {other: len(found) for other, found in sorted(by_split.items())},
                          "examples": [{"path": p, "near": matches[p], "near_split": split_of[matches[p]]}
                                       for p in sorted(matches)[:examples]]}
     return {"similarity": similarity, "pairs": len(pairs), "groups": len(groups),

@@ -263,7 +263,8 @@ def warn_leaks(metrics: dict) -> None:
     for split, leak in metrics["near_duplicates"]["across_splits"].items():
         if leak["images"]:
             per_class = ", ".join(f"{label} {n}" for label, n in leak["per_class"].items())
+            where = ", ".join(f"{n} in {other}" for other, n in leak["with_a_match_in"].items())
             print(f"split: WARNING: {leak['images']} of {leak['of']} {split} images have a copy or near-duplicate in "
-                  f"another split (per class: {per_class}); figures on this {split} split are flattered. "
-                  "Examples in metrics/split.json (near_duplicates). set split.cross_split_duplicates: drop, "
+                  f"another split ({where}; per class: {per_class}); figures on this {split} split are flattered. "
+                  "Examples in metrics/split.json (near_duplicates). Set split.cross_split_duplicates: drop, "
                   "or split.existing_test: train to carve a leak-free test split.", file=sys.stderr)
