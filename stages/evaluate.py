@@ -15,6 +15,7 @@ from tlpipe.stage import run, wall_s
 from tlpipe.use.metrics import classification_metrics, majority_baseline
 from tlpipe.use.plots import confusion_rows, pr_rows, roc_rows
 from tlpipe.use.predictions import make_table, write_table
+from tlpipe.use.prior_shift import prior_adjusted_figures
 
 
 def _accuracy_text(metrics: dict) -> str:
@@ -33,11 +34,18 @@ def main() -> None:
     device = pick_device(cfg["device"])
     _, train_labels, _ = load_split("data/cache", "train")
     report = {"baseline": {}, "head": {}, "finetune": {}}
+    val_probs = {}
     for split in ("val", "test"):
         images, labels, index = load_split("data/cache", split)
         report["baseline"][split] = majority_baseline(train_labels, labels, len(classes))
         probs = {"head": feature_probabilities(head, load_head_inputs("data/features", split, head_meta["head"])),
                  "finetune": image_probabilities(finetuned, images, cfg["batch_size"], device, cfg["flip_tta"])}
+        if split == "val":
+            val_probs = probs
+        elif cfg["prior_shift"]:  # opt-in: the test batch's class mix re-estimated without its labels
+            for model_name, model_probs in probs.items():
+                report[model_name]["test_prior_adjusted"] = prior_adjusted_figures(
+                    val_probs[model_name], model_probs, labels, classes)
         thresholds = {"head": head_meta["threshold"], "finetune": model_meta["threshold"]}
         for model_name, model_probs in probs.items():
             threshold = thresholds[model_name]

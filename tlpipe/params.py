@@ -145,6 +145,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "flip_tta": BOOL,
         "device": Spec(str, choices=("auto", "cpu", "cuda")),
         "confusion_max_rows": NON_NEGATIVE_INT,
+        "prior_shift": BOOL,
     },
 }
 
