@@ -1,0 +1,75 @@
+"""What the choices made on validation add to `dvc repro` on the chest X-ray set (issue 16).
+
+Times, on the chest X-ray zip and on a finished chest project (bench_chest.py's work folder, for
+its features and cache), each new default against the fixed value it replaced:
+- split: near-duplicate fingerprints (split.near_duplicate_similarity 0.97) vs identical bytes only;
+- train-head: head.C auto (the grid) vs a fixed C;
+- finetune: probe_C auto + temperature vs a fixed probe_C, plus the one validation pass over the
+  starting model (the check that the frozen epochs do not end worse than the probe).
+
+    python benchmarks/bench_choices.py [--data ZIP] [--project DIR]
+"""
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def main() -> int:
+    p = common.parser(__doc__.splitlines()[0])
+    p.add_argument("--project", type=Path, default=common.DEFAULT_WORK / "chest",
+                   help="a chest project after `dvc repro` (default: bench_chest.py's, %(default)s)")
+    args = p.parse_args()
+    data = common.check_data(args.data)
+    import torch
+    import yaml
+
+    from tlpipe.data.cache import load_features, load_split
+    from tlpipe.data.raw import RawData
+    from tlpipe.data.split import build_split
+    from tlpipe.model.backbones import create_backbone
+    from tlpipe.model.inference import predict_logits
+    from tlpipe.train import finetune as ft
+    from tlpipe.train.choose import choose_logreg
+
+    summary = common.Summary("choices made on validation: added wall time (chest X-ray)")
+    raw = RawData(common.raw_folder(args.work, data))
+    params = yaml.safe_load((args.project / "params.yaml").read_text())
+    cfg = params["split"]
+    plain, _ = timed(lambda: build_split(raw, cfg | {"near_duplicate_similarity": None}))
+    near, (_, report) = timed(lambda: build_split(raw, cfg | {"near_duplicate_similarity": 0.97}))
+    summary.figure(f"split: {plain:.1f} s identical bytes only, {near:.1f} s with near-duplicates "
+                   f"(+{near - plain:.1f} s; {len(report.near_duplicate_pairs)} near-duplicate pairs)")
+    features = {s: load_features(args.project / "data/features", s) for s in ("train", "val")}
+    x, y = features["train"]
+    xv, yv = features["val"]
+    fixed, _ = timed(lambda: choose_logreg(x, y, xv, yv, 2, 1.0, True, 0))
+    auto, (_, chosen) = timed(lambda: choose_logreg(x, y, xv, yv, 2, "auto", True, 0))
+    summary.figure(f"train-head: C 1.0 {fixed:.1f} s, C auto {auto:.1f} s (+{auto - fixed:.1f} s; chose C "
+                   f"{chosen['C']:g} of {len(chosen['C_grid'])} tried)")
+    backbone = create_backbone(params["backbone"]["name"], "default")
+    fcfg = params["finetune"]
+    probe, probe_val = ft.Features(x, y), ft.Features(xv, yv)
+    fixed, _ = timed(lambda: ft.probe_head(backbone, 2, fcfg | {"probe_C": 0.1}, probe))
+    auto, (_, chosen) = timed(lambda: ft.probe_head(backbone, 2, fcfg | {"probe_C": "auto"}, probe, probe_val))
+    images = load_split(args.project / "data/cache", "val")[0]
+    model = ft.build_model(backbone, 2, fcfg, head=torch.nn.Linear(backbone.num_features, 2))
+    check, _ = timed(lambda: predict_logits(model, images, fcfg["batch_size"] * 2, torch.device("cpu")))
+    summary.figure(f"finetune: probe_C 0.1 {fixed:.1f} s, probe_C auto + temperature {auto:.1f} s "
+                   f"(+{auto - fixed:.1f} s; C {chosen['probe_C']:g}, T {chosen['probe_temperature']:.3f}); "
+                   f"validating the starting model: +{check:.1f} s ({len(images)} images)")
+    summary.print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
