@@ -12,6 +12,7 @@ from tlpipe.model.inference import feature_probabilities, image_probabilities
 from tlpipe.model.modelfile import load_head, load_model
 from tlpipe.runtime import pick_device, tune_malloc
 from tlpipe.stage import run, wall_s
+from tlpipe.use.ensemble import ensemble_report
 from tlpipe.use.metrics import classification_metrics, majority_baseline
 from tlpipe.use.plots import confusion_rows, pr_rows, roc_rows
 from tlpipe.use.predictions import make_table, write_table
@@ -34,12 +35,16 @@ def main() -> None:
     device = pick_device(cfg["device"])
     _, train_labels, _ = load_split("data/cache", "train")
     report = {"baseline": {}, "head": {}, "finetune": {}}
-    val_probs = {}
+    val_probs, seen = {}, {}
     for split in ("val", "test"):
         images, labels, index = load_split("data/cache", split)
         report["baseline"][split] = majority_baseline(train_labels, labels, len(classes))
         probs = {"head": feature_probabilities(head, load_head_inputs("data/features", split, head_meta["head"])),
                  "finetune": image_probabilities(finetuned, images, cfg["batch_size"], device, cfg["flip_tta"])}
+        if cfg["ensemble"]:
+            seen[split] = (labels, dict(probs))
+            if not cfg["flip_tta"]:
+                seen[split][1]["finetune+flip"] = image_probabilities(finetuned, images, cfg["batch_size"], device, True)
         if split == "val":
             val_probs = probs
         elif cfg["prior_shift"]:  # opt-in: the test batch's class mix re-estimated without its labels
@@ -57,6 +62,8 @@ def main() -> None:
                         f"data/predictions/{model_name}_{split}.csv")
         write_json(f"plots/evaluate/roc_{split}.json", roc_rows(labels, probs["finetune"]))
         write_json(f"plots/evaluate/pr_{split}.json", pr_rows(labels, probs["finetune"]))
+    if cfg["ensemble"]:
+        report["ensemble"] = ensemble_report(seen, classes)
     write_json("metrics/evaluate.json", report | {"wall_s": wall_s()})
     print(f"evaluate: test accuracy fine-tuned {_accuracy_text(report['finetune']['test'])}, "
           f"head {_accuracy_text(report['head']['test'])}")

@@ -146,6 +146,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "device": Spec(str, choices=("auto", "cpu", "cuda")),
         "confusion_max_rows": NON_NEGATIVE_INT,
         "prior_shift": BOOL,
+        "ensemble": BOOL,
     },
 }
 
