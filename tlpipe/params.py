@@ -157,19 +157,15 @@ def _closest(name: str, options) -> str:
 
 
 def _check_value(key: str, value: Any, spec: Spec) -> None:
-    if spec.auto and value == "auto":
+    if (spec.auto and value == "auto") or (value is None and spec.nullable):
         return
     if value is None:
-        if spec.nullable:
-            return
         raise TlpipeError(f"params: '{key}' must be {spec.describe()}, got null.")
     kinds = spec.kind if isinstance(spec.kind, tuple) else (spec.kind,)
     # bool is an int in Python; a YAML `true` for a number (or 1 for a flag) is a mistake.
     wrong_type = not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)
     if wrong_type:
-        raise TlpipeError(
-            f"params: '{key}' must be {spec.describe()}, got {value!r} ({type(value).__name__})."
-        )
+        raise TlpipeError(f"params: '{key}' must be {spec.describe()}, got {value!r} ({type(value).__name__}).")
     if spec.choices is not None and value not in spec.choices:
         raise TlpipeError(f"params: '{key}' must be {spec.describe()}, got {value!r}.{_closest(str(value), spec.choices)}")
     if isinstance(value, float) and not math.isfinite(value):
