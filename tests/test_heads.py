@@ -112,7 +112,7 @@ def test_finetune_with_attention_head_saves_a_model_that_rebuilds_from_model_pt(
         assert torch.allclose(backbone.body.eval()(x).mean((2, 3)), pooled.body.eval()(x), atol=1e-5)
     probe = ft.Features(rng.normal(size=(16, backbone.num_features)).astype(np.float32), labels)
     cfg = default_params()["finetune"] | {"epochs": 1, "freeze_epochs": 0, "batch_size": 8, "device": "cpu",
-                                          "head": "attention", "patience": 0}
+                                          "head": "attention", "patience": 0, "probe_C": 0.1}
     model = ft.build_model(backbone, 2, cfg, probe)
     ft.fit(model, train, train, cfg, 2, torch.device("cpu"), log=lambda _: None)
     preprocess = {"size": 64, "mode": "squash", "contrast": "none"}
