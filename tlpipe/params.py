@@ -145,8 +145,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "flip_tta": BOOL,
         "device": Spec(str, choices=("auto", "cpu", "cuda")),
         "confusion_max_rows": NON_NEGATIVE_INT,
-        "prior_shift": BOOL,
-        "ensemble": BOOL,
+        "prior_shift": BOOL, "ensemble": BOOL,  # opt-in figures next to the plain ones
     },
 }
 
