@@ -19,11 +19,15 @@ from tlpipe.use.predictions import make_table, write_table
 from tlpipe.use.prior_shift import prior_adjusted_figures
 
 
-def _accuracy_text(metrics: dict) -> str:
-    text = f"{metrics['accuracy']:.4f}"
-    if "at_val_threshold" in metrics:
-        text += f" (at the validated threshold {metrics['at_val_threshold']['accuracy']:.4f})"
-    return text
+def _summary(metrics: dict, rule: dict | None) -> str:
+    """The decision metric's figure under the rule and under argmax, and accuracy both ways."""
+    def both(name: str) -> str:
+        value, argmax = metrics[name], metrics["argmax"][name]
+        return (f"{name} {'n/a' if value is None else f'{value:.4f}'} "
+                f"(argmax {'n/a' if argmax is None else f'{argmax:.4f}'})")
+
+    name = rule["metric"] if rule else "accuracy"
+    return both(name) + (f", {both('accuracy')}" if name != "accuracy" else "")
 
 
 def main() -> None:
@@ -36,6 +40,7 @@ def main() -> None:
     _, train_labels, _ = load_split("data/cache", "train")
     report = {"baseline": {}, "head": {}, "finetune": {}}
     val_probs, seen = {}, {}
+    rules = {"head": head_meta["rule"], "finetune": model_meta["rule"]}
     for split in ("val", "test"):
         images, labels, index = load_split("data/cache", split)
         report["baseline"][split] = majority_baseline(train_labels, labels, len(classes))
@@ -51,22 +56,21 @@ def main() -> None:
             for model_name, model_probs in probs.items():
                 report[model_name]["test_prior_adjusted"] = prior_adjusted_figures(
                     val_probs[model_name], model_probs, labels, classes)
-        thresholds = {"head": head_meta["threshold"], "finetune": model_meta["threshold"]}
         for model_name, model_probs in probs.items():
-            threshold = thresholds[model_name]
-            report[model_name][split] = classification_metrics(labels, model_probs, classes, threshold)
-            rows = confusion_rows(labels, decide(model_probs, threshold), classes, cfg["confusion_max_rows"])
+            rule = rules[model_name]
+            report[model_name][split] = classification_metrics(labels, model_probs, classes, rule)
+            rows = confusion_rows(labels, decide(model_probs, rule), classes, cfg["confusion_max_rows"])
             write_json(f"plots/evaluate/confusion_{model_name}_{split}.json", rows)
             report[model_name][split]["confusion_plot_rows"] = {"rows": len(rows), "images": len(labels)}
-            write_table(make_table(index["path"], model_probs, classes, threshold, labels=index["label"]),
+            write_table(make_table(index["path"], model_probs, classes, rule, labels=index["label"]),
                         f"data/predictions/{model_name}_{split}.csv")
         write_json(f"plots/evaluate/roc_{split}.json", roc_rows(labels, probs["finetune"]))
         write_json(f"plots/evaluate/pr_{split}.json", pr_rows(labels, probs["finetune"]))
     if cfg["ensemble"]:
         report["ensemble"] = ensemble_report(seen, classes)
     write_json("metrics/evaluate.json", report | {"wall_s": wall_s()})
-    print(f"evaluate: test accuracy fine-tuned {_accuracy_text(report['finetune']['test'])}, "
-          f"head {_accuracy_text(report['head']['test'])}")
+    print(f"evaluate: test, under each model's decision rule: fine-tuned "
+          f"{_summary(report['finetune']['test'], rules['finetune'])}; head {_summary(report['head']['test'], rules['head'])}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ import torch
 from tlpipe import params
 from tlpipe.atomic import atomic_path, write_json
 from tlpipe.data.cache import load_preprocess
-from tlpipe.model.decision import fit_threshold
+from tlpipe.model.decision import rule_summary
+from tlpipe.model.decision_fit import fit_rule
 from tlpipe.model.inference import image_probabilities
 from tlpipe.model.modelfile import model_checkpoint
 from tlpipe.train.finetune import fit
@@ -25,15 +26,15 @@ def main() -> None:
     device = pick_device(p["finetune"]["device"])
     session = prepare(p, device)
     cfg, model, classes = session.cfg, session.model, session.classes
+    metric = p["evaluate"]["decision_metric"]
     live = EpochLogger()  # live/finetune/: per-epoch metrics and curves, rewritten after every epoch
-    result = fit(model, session.train, session.val, cfg, len(classes), device, on_epoch=live)
+    result = fit(model, session.train, session.val, cfg, len(classes), device, on_epoch=live, decision_metric=metric)
     live.close()
-    threshold = None
-    if len(classes) == 2:  # the rule is chosen here, on validation, and stored in model.pt for every user of it
-        threshold = fit_threshold(session.val.labels,
-                                  image_probabilities(model, session.val.images, cfg["batch_size"] * 2, device))
+    # The decision rule is fitted here, on validation, and stored in model.pt for every user of it.
+    val_probs = image_probabilities(model, session.val.images, cfg["batch_size"] * 2, device)
+    rule = fit_rule(session.val.labels, val_probs, metric, session.train.labels)
     checkpoint = model_checkpoint(model.cpu(), p["backbone"]["name"], classes, load_preprocess("data/cache"),
-                                  cfg, result.best_epoch, threshold)
+                                  cfg, result.best_epoch, rule)
     with atomic_path("models/model.pt") as tmp:
         torch.save(checkpoint, tmp)
     best = result.history[result.best_epoch] if result.history else {}
@@ -43,7 +44,7 @@ def main() -> None:
                    "frozen_epochs_undone": result.kept_probe}
     write_json("metrics/finetune.json", {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
                                          **{k: v for k, v in best.items() if k != "step"}, **session.choices,
-                                         "wall_s": round(time.perf_counter() - started, 1)})
+                                         "rule": rule_summary(rule, classes), "wall_s": round(time.perf_counter() - started, 1)})
     # Always written (DVC declares it): the range test's curve with finetune.lr auto, else empty.
     write_json("plots/finetune/lr_find.json", session.lr_curve.rows if session.lr_curve else [])
 

@@ -7,6 +7,7 @@ from tlpipe import params
 from tlpipe.atomic import atomic_path, write_json
 from tlpipe.data.cache import load_split
 from tlpipe.errors import TlpipeError
+from tlpipe.model.decision import describe, threshold_of
 from tlpipe.model.modelfile import load_model
 from tlpipe.use.plots import reliability_rows
 from tlpipe.use.predictions import label_indices, probabilities, read_table
@@ -14,13 +15,17 @@ from tlpipe.use.report import gradcam_examples, grad_cam, grid, overlay, top_los
 from tlpipe.stage import run
 
 
-def _caption(row: pd.Series, classes: list[str], threshold: float | None) -> str:
-    if threshold is None:
-        return f"true {row['label']}\npred {row['predicted']} p={row['prob_' + row['predicted']]:.2f}"
-    # Binary with a validated threshold: the positive class's probability against it explains the call.
-    positive = classes[1]
-    p = row[f"prob_{positive}"]
-    return f"true {row['label']}\npred {row['predicted']}\nP({positive}) {p:.2f} vs {threshold:.2f}"
+def _caption(row: pd.Series, classes: list[str], rule: dict | None) -> str:
+    """The truth, the decision, and what explains the decision under the model's rule."""
+    threshold = threshold_of(rule)
+    if threshold is not None and describe(rule, classes) != "argmax":
+        # Binary with a threshold fitted on validation: the positive class's probability against it.
+        positive = classes[1]
+        return f"true {row['label']}\npred {row['predicted']}\nP({positive}) {row[f'prob_{positive}']:.2f} vs {threshold:.2f}"
+    top = max(classes, key=lambda c: row[f"prob_{c}"])
+    text = f"true {row['label']}\npred {row['predicted']} p={row['prob_' + row['predicted']]:.2f}"
+    # The rule's offsets can decide another class than the most probable one: say which.
+    return text + (f"\nargmax {top}" if top != row["predicted"] else "")
 
 
 def _save_png(image, path: str) -> None:
@@ -32,7 +37,7 @@ def main() -> None:
     cfg = params.load()["report"]
     model, meta = load_model("models/model.pt")
     classes = meta["classes"]
-    threshold = meta.get("threshold") if len(classes) == 2 else None
+    rule = meta["rule"]
     images, _, index = load_split("data/cache", "test")
     predictions = read_table("data/predictions/finetune_test.csv")
     if list(predictions["path"]) != list(index["path"]):
@@ -40,7 +45,7 @@ def main() -> None:
                            "run `dvc repro evaluate`.")
 
     worst = top_losses(predictions, classes, cfg["top_losses"])
-    _save_png(grid([(np.asarray(images[r["row"]]), _caption(r, classes, threshold)) for _, r in worst.iterrows()] or
+    _save_png(grid([(np.asarray(images[r["row"]]), _caption(r, classes, rule)) for _, r in worst.iterrows()] or
                    [(np.zeros((8, 8, 3), np.uint8), "no test images")]),
               "plots/report/top_losses.png")
 
@@ -50,7 +55,7 @@ def main() -> None:
         rows = examples["row"].to_numpy()
         target = [classes.index(c) for c in examples["predicted"]]
         heat = grad_cam(model, np.asarray(images[rows]), target)
-        tiles = [(overlay(np.asarray(images[r["row"]]), h), _caption(r, classes, threshold)) for (_, r), h in zip(examples.iterrows(), heat)]
+        tiles = [(overlay(np.asarray(images[r["row"]]), h), _caption(r, classes, rule)) for (_, r), h in zip(examples.iterrows(), heat)]
     _save_png(grid(tiles or [(np.zeros((8, 8, 3), np.uint8), "no test images")], colour_scale=bool(tiles)),
               "plots/report/gradcam.png")
 

@@ -14,14 +14,16 @@ from tlpipe.stage import run
 
 def main() -> None:
     started = time.perf_counter()
-    cfg = params.load()["head"]
+    p = params.load()
+    cfg = p["head"]
     x, y = load_features("data/features", "train")
     x_val, y_val = load_features("data/features", "val")
     if cfg["kind"] == "attention":  # attention pools the feature maps, not the pooled features
         x, x_val = load_spatial_features("data/features", "train"), load_spatial_features("data/features", "val")
     rows = bounded_sample(y, cfg["max_fit_images"], cfg["seed"])  # large sets: a stratified sample (params.yaml)
     x, y = take_rows(x, rows), y[rows]
-    checkpoint, metrics, curve = train_head(cfg, x, y, x_val, y_val, load_classes("data/cache"))
+    checkpoint, metrics, curve = train_head(cfg, x, y, x_val, y_val, load_classes("data/cache"),
+                                          p["evaluate"]["decision_metric"])
     with atomic_path("models/head.pt") as tmp:
         torch.save(checkpoint, tmp)
     write_json("metrics/train_head.json", metrics | {"wall_s": round(time.perf_counter() - started, 1)})
@@ -29,7 +31,8 @@ def main() -> None:
     chosen = "".join(f", {k} {v:g} (chosen on validation)" for k, v in metrics.get("chosen_on_val", {}).items()
                      if k == "C")
     print(f"train-head ({cfg['kind']}, fitted on {len(y)} training images): "
-          f"val accuracy {metrics['val']['accuracy']:.4f}{chosen}")
+          f"val accuracy {metrics['val']['accuracy']:.4f}{chosen}; decision rule fitted for "
+          f"{metrics['rule']['fitted_for']}: val {metrics['rule']['val_under_rule']} (argmax {metrics['rule']['val_under_argmax']})")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from tlpipe.model.decision import tune_threshold
+from tlpipe.model.decision import threshold_of, threshold_rule
 from tlpipe.use.metrics import classification_metrics, expected_calibration_error, majority_baseline
 from tlpipe.use.plots import confusion_rows, roc_rows
 
@@ -20,29 +20,32 @@ def test_multiclass_metrics_agree_with_scikit_learn():
     predicted = PROBS.argmax(1)
     assert m["accuracy"] == pytest.approx(0.7)
     assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(Y, predicted))
-    assert m["f1_macro"] == pytest.approx(skm.f1_score(Y, predicted, average="macro"))
-    assert m["precision_macro"] == pytest.approx(skm.precision_score(Y, predicted, average="macro"))
+    assert m["macro_f1"] == pytest.approx(skm.f1_score(Y, predicted, average="macro"))
+    assert m["macro_precision"] == pytest.approx(skm.precision_score(Y, predicted, average="macro"))
     assert m["cohen_kappa"] == pytest.approx(skm.cohen_kappa_score(Y, predicted), abs=1e-6)
     assert m["quadratic_kappa"] == pytest.approx(skm.cohen_kappa_score(Y, predicted, weights="quadratic"), abs=1e-6)
     assert m["roc_auc"] == pytest.approx(skm.roc_auc_score(Y, PROBS, multi_class="ovr"), abs=1e-6)
     assert m["log_loss"] == pytest.approx(skm.log_loss(Y, PROBS), abs=1e-6)
     assert m["per_class"]["fox"]["recall"] == pytest.approx(0.75)
     assert m["per_class"]["dog"]["support"] == 3
-    assert "at_0.5" not in m
+    assert "sensitivity" not in m and m["rule"] == {"fitted_for": "argmax"}
+    assert {k: v for k, v in m["argmax"].items()} == {k: m[k] for k in m["argmax"]}  # no rule: the same figures
 
 
-def test_binary_sensitivity_specificity_and_val_threshold():
+def test_binary_metrics_show_the_rule_beside_argmax():
     y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
     score = np.array([0.1, 0.2, 0.3, 0.35, 0.4, 0.7, 0.8, 0.9])
     probs = np.stack([1 - score, score], axis=1)
-    threshold = tune_threshold(y, score)
-    assert threshold == pytest.approx(0.4)
-    m = classification_metrics(y, probs, ["NORMAL", "PNEUMONIA"], threshold)
-    assert m["at_0.5"]["sensitivity"] == pytest.approx(0.75)
-    assert m["at_0.5"]["specificity"] == pytest.approx(1.0)
-    assert m["at_val_threshold"]["sensitivity"] == pytest.approx(1.0)
-    assert m["at_val_threshold"]["specificity"] == pytest.approx(1.0)
+    rule = threshold_rule(0.375, "youden")
+    assert threshold_of(rule) == pytest.approx(0.375)
+    m = classification_metrics(y, probs, ["NORMAL", "PNEUMONIA"], rule)
+    assert m["argmax"]["sensitivity"] == pytest.approx(0.75)
+    assert m["argmax"]["specificity"] == pytest.approx(1.0)
+    assert m["sensitivity"] == pytest.approx(1.0) and m["specificity"] == pytest.approx(1.0)
+    assert m["youden"] == pytest.approx(1.0) and m["argmax"]["youden"] == pytest.approx(0.75)
+    assert m["rule"]["fitted_for"] == "youden" and m["rule"]["threshold"] == pytest.approx(0.375)
     assert m["roc_auc"] == pytest.approx(skm.roc_auc_score(y, score))
+    assert "roc_auc" not in m["argmax"] and "log_loss" not in m["argmax"]  # threshold-free figures appear once
 
 
 def test_ece_is_zero_when_confidence_matches_accuracy():

@@ -41,7 +41,7 @@ def test_best_checkpoint_is_kept_not_the_last(monkeypatch):
     scripted = iter([0.9, 0.3, 0.8, 0.7])
     snapshots = []
 
-    def scripted_evaluate(model, data, cfg, device):
+    def scripted_evaluate(model, data, cfg, device, decision=None):
         snapshots.append(copy.deepcopy(model.state_dict()))
         return {"val_loss": next(scripted), "val_accuracy": 0.5, "val_balanced_accuracy": 0.5}
 
@@ -93,7 +93,7 @@ def test_unfreeze_last_blocks_and_discriminative_rates():
 def test_probe_head_init_is_the_logistic_regression_on_the_features():
     model, probe = tiny_model(head_init="probe")
     cfg = tiny_cfg()
-    expected = fit_logreg(probe.values, probe.labels, 2, cfg["probe_C"], True, cfg["seed"])
+    expected = fit_logreg(probe.values, probe.labels, 2, cfg["probe_C"], ft.balance_power(cfg), cfg["seed"])
     assert torch.equal(model.head.weight, expected.weight)
     assert (model.head(torch.from_numpy(probe.values)).argmax(1).numpy() == probe.labels).all()
     random_model, _ = tiny_model(head_init="random")
@@ -137,7 +137,7 @@ def test_ema_weights_are_validated_and_kept(monkeypatch):
             raw.append({k: v.detach().clone() for k, v in model.state_dict().items()})
             super().update_parameters(model)
 
-    def scripted_evaluate(model, data, cfg, device):
+    def scripted_evaluate(model, data, cfg, device, decision=None):
         validated.append(model)
         return {"val_loss": 1.0 - len(validated) / 10, "val_accuracy": 0.5, "val_balanced_accuracy": 0.5}
 

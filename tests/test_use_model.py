@@ -63,7 +63,7 @@ def test_predictions_on_the_test_images_equal_evaluates(project, tmp_path):
     probs = ["prob_circle", "prob_square"]
     assert np.allclose(predicted[probs].to_numpy(), evaluated[probs].to_numpy(), atol=1e-5)
     _, meta = load_model(project / "models" / "model.pt")
-    assert meta["threshold"] is not None and meta["preprocess"] == {"size": 32, "mode": "squash", "contrast": "none"}
+    assert meta["rule"]["metric"] == "balanced_accuracy" and meta["preprocess"] == {"size": 32, "mode": "squash", "contrast": "none"}
 
 
 def test_predict_reads_a_zip(project, tmp_path):
@@ -89,10 +89,12 @@ def test_exported_model_reproduces_pytorch_probabilities(project, fmt, suffix):
     if fmt == "onnx":
         import onnxruntime
 
-        got = onnxruntime.InferenceSession(str(exported)).run(None, {"images": x.numpy()})[0]
+        got, decided = onnxruntime.InferenceSession(str(exported)).run(None, {"images": x.numpy()})
     else:
-        got = torch.jit.load(str(exported))(x).detach().numpy()
+        got, decided = (t.detach().numpy() for t in torch.jit.load(str(exported))(x))
     assert np.abs(got - expected).max() <= 1e-4
+    evaluated = pd.read_csv(project / "data" / "predictions" / "finetune_test.csv")  # the stored rule's decisions
+    assert [sidecar["output"]["classes"][i] for i in decided] == list(evaluated["predicted"])
 
 
 def test_plots_html_shows_top_losses_gradcam_and_reliability(project):

@@ -30,6 +30,7 @@ def preset(args: argparse.Namespace) -> None:
 
 
 def predict(args: argparse.Namespace) -> None:
+    from tlpipe.model.decision import describe
     from tlpipe.use.predict import predict as run_predict
     from tlpipe.use.predictions import write_table
     from tlpipe.runtime import pick_device, tune_malloc
@@ -41,8 +42,7 @@ def predict(args: argparse.Namespace) -> None:
         reasons = "; ".join(f"{item['path']}: {item['reason']}" for item in skipped[:5])
         raise TlpipeError(f"predict: no readable image among the given paths ({reasons}); {args.out} was not written.")
     write_table(table, args.out)
-    rule = f"threshold {meta['threshold']:.4f} on prob_{meta['classes'][1]}" if meta.get("threshold") is not None else "argmax"
-    print(f"predict: {len(table)} images -> {args.out} (decision: {rule})")
+    print(f"predict: {len(table)} images -> {args.out} (decision: {describe(meta['rule'], meta['classes'])})")
     if skipped:
         skipped_csv = skipped_csv_path(args.out)
         write_table(pd.DataFrame(skipped), skipped_csv)
@@ -132,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
         "predict", help="classify new images with a trained model",
         description="Classify image files, folders (searched recursively) and zip/tar archives with "
                     "models/model.pt alone. Writes one CSV row per readable image: path, predicted class, "
-                    "probability per class (binary models apply the threshold chosen on validation). "
+                    "probability per class; the predicted class is decided by the model's rule, fitted on "
+                    "validation for evaluate.decision_metric (for two classes a threshold). "
                     "Unreadable or non-image files are listed with the reason, never fatal.")
     predict_parser.add_argument("paths", nargs="+", metavar="PATH", help="image file, folder or zip/tar archive")
     predict_parser.add_argument("--model", default="models/model.pt", help="model file (default: %(default)s)")

@@ -14,8 +14,8 @@ from tlpipe.errors import TlpipeError
 from tlpipe.model.backbones import create_backbone
 from tlpipe.model.classifier import AttentionHead, Classifier, make_head
 
-MODEL_FORMAT = "tlpipe.model/1"
-HEAD_FORMAT = "tlpipe.head/1"
+MODEL_FORMAT = "tlpipe.model/2"  # /2: the decision rule (per-class offsets) replaced the binary threshold
+HEAD_FORMAT = "tlpipe.head/2"
 
 
 def head_spec(head: nn.Module) -> dict:
@@ -40,15 +40,16 @@ def _tensors(module: nn.Module) -> dict:
     return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
 
 
-def head_checkpoint(head: nn.Module, classes: list[str], threshold: float | None = None, **extra) -> dict:
-    return {"format": HEAD_FORMAT, "head": head_spec(head), "classes": list(classes), "threshold": threshold,
+def head_checkpoint(head: nn.Module, classes: list[str], rule: dict | None = None, **extra) -> dict:
+    """`rule` is the decision rule fitted on validation (tlpipe.model.decision; None: argmax)."""
+    return {"format": HEAD_FORMAT, "head": head_spec(head), "classes": list(classes), "rule": rule,
             **extra, "state_dict": _tensors(head)}
 
 
 def model_checkpoint(model: Classifier, backbone_name: str, classes: list[str], preprocess: dict,
-                     cfg: dict, best_epoch: int, threshold: float | None = None) -> dict:
+                     cfg: dict, best_epoch: int, rule: dict | None = None) -> dict:
     """`preprocess` is how the resize stage turned files into arrays (size, mode, contrast);
-    `threshold` the binary decision threshold chosen on validation (None: argmax)."""
+    `rule` the decision rule fitted on validation (tlpipe.model.decision; None: argmax)."""
     return {
         "format": MODEL_FORMAT,
         "backbone": backbone_name,
@@ -60,7 +61,7 @@ def model_checkpoint(model: Classifier, backbone_name: str, classes: list[str], 
         "std": [float(v) for v in model.normalize.std.flatten()],
         "params": dict(cfg),
         "best_epoch": best_epoch,
-        "threshold": threshold,
+        "rule": rule,
         "state_dict": _tensors(model),
     }
 
@@ -81,7 +82,9 @@ def _read(path: str | os.PathLike, expected_format: str, producer: str) -> dict:
                           f"{str(error).splitlines()[0] if str(error) else type(error).__name__}). "
                           f"Rerun `dvc repro {producer}` or `dvc checkout`.") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != expected_format:
-        raise TlpipeError(f"{path}: not a tlpipe model file of the expected kind (format {expected_format}); "
+        found = checkpoint.get("format") if isinstance(checkpoint, dict) else None
+        older = " (it was written by an older tlpipe, before decision rules)" if found in ("tlpipe.model/1", "tlpipe.head/1") else ""
+        raise TlpipeError(f"{path}: not a tlpipe model file of the expected kind (format {expected_format}){older}; "
                           f"rerun `dvc repro {producer}`.")
     return checkpoint
 

@@ -18,6 +18,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tlpipe.errors import TlpipeError
 from tlpipe.model.backbones import Backbone, block_groups
 from tlpipe.model.classifier import AttentionHead, Classifier, make_head
+from tlpipe.model.decision_fit import fit_rule
 from tlpipe.model.inference import predict_logits
 from tlpipe.runtime import autocast
 from tlpipe.train.augment import Augment
@@ -28,7 +29,8 @@ from tlpipe.train.lr_find import LrCurve, range_test
 from tlpipe.train.order import epoch_order
 from tlpipe.train.strategy import set_trainable, trainable_blocks  # noqa: F401 - part of this module's interface
 
-HIGHER_IS_BETTER = {"val_loss": False, "val_accuracy": True, "val_balanced_accuracy": True, "val_quadratic_kappa": True}
+HIGHER_IS_BETTER = {"val_loss": False, "val_accuracy": True, "val_balanced_accuracy": True, "val_quadratic_kappa": True,
+                    "val_decision_metric": True}
 
 
 @dataclass
@@ -105,6 +107,11 @@ def param_groups(model: Classifier, lr: float, layer_decay: float) -> list[dict]
     return groups
 
 
+def balance_power(cfg: dict) -> float:
+    """How strongly the loss weights (and the probe) favour rare classes: frequency ** -power (0 with class_balance none)."""
+    return 0.0 if cfg["class_balance"] == "none" else float(cfg["class_balance_power"])
+
+
 def train_one_epoch(model: Classifier, data: Split, optimizer, scheduler, loss_fn, augment: Augment,
                     cfg: dict, epoch: int, device: torch.device, generator: torch.Generator,
                     average: AveragedModel | None = None) -> dict:
@@ -131,11 +138,18 @@ def train_one_epoch(model: Classifier, data: Split, optimizer, scheduler, loss_f
     return {"train_loss": total_loss / max(seen, 1), "train_images_per_s": seen / max(elapsed, 1e-9)}
 
 
-def validate(model: Classifier, data: Split, cfg: dict, device: torch.device) -> dict:
+def validate(model: Classifier, data: Split, cfg: dict, device: torch.device,
+             decision: tuple[str, np.ndarray] | None = None) -> dict:
+    """Validation figures of one epoch; with `decision` (metric, training labels) also that
+    metric under a decision rule fitted to these validation predictions (`val_decision_metric`)."""
     logits = predict_logits(model, data.images, cfg["batch_size"] * 2, device, cfg["channels_last"], amp=cfg["amp"])
     labels = torch.from_numpy(np.array(data.labels))
     predicted = logits.argmax(1).numpy()
-    return {
+    extra = {}
+    if decision is not None:
+        rule = fit_rule(data.labels, torch.softmax(logits.double(), 1).numpy(), decision[0], decision[1])
+        extra["val_decision_metric"] = float(np.nan_to_num(rule["val_rule"] if rule["val_rule"] is not None else 0.0))
+    return extra | {
         "val_loss": nn.functional.cross_entropy(logits, labels).item(),
         "val_accuracy": float((predicted == data.labels).mean()),
         "val_balanced_accuracy": float(balanced_accuracy_score(data.labels, predicted)),
@@ -158,7 +172,8 @@ def _training_setup(model: Classifier, train: Split, cfg: dict, num_classes: int
         model.to(memory_format=torch.channels_last)
     weight = None
     if cfg["class_balance"] == "weights":
-        weight = torch.tensor(class_weights(train.labels, num_classes), dtype=torch.float32, device=device)
+        weight = torch.tensor(class_weights(train.labels, num_classes, balance_power(cfg)), dtype=torch.float32,
+                              device=device)
     loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg["label_smoothing"])
     augment = Augment(cfg["aug_scale_min"], flip=cfg["aug_flip"], rotation=cfg["aug_rotation"], jitter=cfg["aug_jitter"])
     return loss_fn, param_groups(model, lr, cfg["layer_decay"]), augment
@@ -174,8 +189,10 @@ def lr_range_test(model: Classifier, train: Split, cfg: dict, num_classes: int, 
 
 
 def fit(model: Classifier, train: Split, val: Split, cfg: dict, num_classes: int, device: torch.device,
-        log: Callable[[str], None] = print, on_epoch: Callable[[dict], None] | None = None) -> FitResult:
-    """Train for `cfg['epochs']`, keeping the weights of the best epoch on `early_stop_metric`."""
+        log: Callable[[str], None] = print, on_epoch: Callable[[dict], None] | None = None,
+        decision_metric: str | None = None) -> FitResult:
+    """Train for `cfg['epochs']`, keeping the weights of the best epoch on `early_stop_metric`
+    (`val_decision_metric`: `decision_metric` under a rule fitted on that epoch's validation)."""
     if len(train.labels) == 0 or len(val.labels) == 0:
         raise TlpipeError("finetune: the train and val splits must both hold images.")
     generator = torch.Generator().manual_seed(cfg["seed"])
@@ -190,6 +207,9 @@ def fit(model: Classifier, train: Split, val: Split, cfg: dict, num_classes: int
                if cfg["ema_decay"] > 0 else None)
     validated = average.module if average is not None else model
     metric = cfg["early_stop_metric"]
+    if metric == "val_decision_metric" and decision_metric is None:
+        raise TlpipeError("finetune: early_stop_metric val_decision_metric needs evaluate.decision_metric.")
+    decision = (decision_metric, train.labels) if decision_metric is not None else None
     result = FitResult(copy.deepcopy(model.state_dict()), best_epoch=-1)
     best, since_best = None, 0
     # The frozen epochs train the probe head on augmented images with a smoothed loss, while the probe
@@ -205,7 +225,7 @@ def fit(model: Classifier, train: Split, val: Split, cfg: dict, num_classes: int
         row = {"step": epoch, "lr": optimizer.param_groups[0]["lr"]}
         row |= train_one_epoch(model, train, optimizer, scheduler, loss_fn, augment, cfg, epoch, device, generator,
                                average)
-        row |= validate(validated, val, cfg, device)
+        row |= validate(validated, val, cfg, device, decision)
         if check_start and epoch == cfg["freeze_epochs"] - 1 and row["val_loss"] > result.start["val_loss"]:
             log(f"epoch {epoch}: val_loss {row['val_loss']:.4f} is worse than the probe's; the frozen epochs "
                 "are undone (the probe head is kept)")
@@ -218,7 +238,9 @@ def fit(model: Classifier, train: Split, val: Split, cfg: dict, num_classes: int
             on_epoch(row)
         improved = _is_better(metric, row[metric], best)
         log(f"epoch {epoch}: train_loss {row['train_loss']:.4f} val_loss {row['val_loss']:.4f} "
-            f"val_accuracy {row['val_accuracy']:.4f} ({row['train_images_per_s']:.0f} img/s)"
+            f"val_accuracy {row['val_accuracy']:.4f}"
+            + (f" {metric} {row[metric]:.4f}" if metric not in ("val_loss", "val_accuracy") else "")
+            + f" ({row['train_images_per_s']:.0f} img/s)"
             + (" *best" if improved else ""))
         if improved:
             best, since_best = row[metric], 0

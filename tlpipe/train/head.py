@@ -17,17 +17,20 @@ from torch import nn
 
 from tlpipe.errors import TlpipeError
 from tlpipe.model.classifier import AttentionHead, make_head
-from tlpipe.model.decision import fit_threshold
+from tlpipe.model.decision import rule_summary
+from tlpipe.model.decision_fit import fit_rule
 from tlpipe.model.inference import feature_probabilities
 from tlpipe.model.modelfile import head_checkpoint
 from tlpipe.train.choose import choose_logreg
 
 
-def class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """'balanced' weights for the classes present; absent classes get weight 1."""
+def class_weights(labels: np.ndarray, num_classes: int, power: float = 1.0) -> np.ndarray:
+    """Per-class loss weights proportional to frequency ** -power: 1 is scikit-learn's 'balanced'
+    (n / (classes * count)), 0 no weighting, in between a milder push towards the rare classes.
+    Absent classes get weight 1."""
     weights = np.ones(num_classes)
     present = np.unique(labels)
-    weights[present] = compute_class_weight("balanced", classes=present, y=labels)
+    weights[present] = compute_class_weight("balanced", classes=present, y=labels) ** power
     return weights
 
 
@@ -91,8 +94,9 @@ def _fit_torch_head(cfg: dict, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, 
 
 
 def train_head(cfg: dict, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
-               classes: list[str]) -> tuple[dict, dict, list[dict]]:
-    """Return (head checkpoint dict, metrics, per-epoch curve)."""
+               classes: list[str], decision_metric: str = "balanced_accuracy") -> tuple[dict, dict, list[dict]]:
+    """Return (head checkpoint dict, metrics, per-epoch curve); the checkpoint's decision rule is
+    fitted on validation for `decision_metric`."""
     if len(np.unique(y)) < 2:
         raise TlpipeError("train-head: the training split has fewer than 2 classes.")
     num_classes = len(classes)
@@ -105,8 +109,9 @@ def train_head(cfg: dict, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val
     else:
         head, curve = _fit_torch_head(cfg, x, y, x_val, y_val, num_classes)
     probs = {"train": feature_probabilities(head, x), "val": feature_probabilities(head, x_val)}
-    checkpoint = head_checkpoint(head, classes, threshold=fit_threshold(y_val, probs["val"]), kind=cfg["kind"])
-    metrics: dict = {"chosen_on_val": chosen} if chosen else {}
+    rule = fit_rule(y_val, probs["val"], decision_metric, y)
+    checkpoint = head_checkpoint(head, classes, rule=rule, kind=cfg["kind"])
+    metrics: dict = ({"chosen_on_val": chosen} if chosen else {}) | {"rule": rule_summary(rule, classes)}
     for split, labels in {"train": y, "val": y_val}.items():
         metrics[split] = {"accuracy": float(accuracy_score(labels, probs[split].argmax(1))),
                           "log_loss": float(log_loss(labels, probs[split], labels=list(range(num_classes))))}

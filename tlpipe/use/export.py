@@ -1,5 +1,6 @@
-"""`tlpipe export`: models/model.pt as TorchScript or ONNX that outputs class probabilities,
-checked against PyTorch on the test split, with the preprocessing written beside it as JSON."""
+"""`tlpipe export`: models/model.pt as TorchScript or ONNX that outputs class probabilities and the
+decision under the model's rule (baked into the graph), checked against PyTorch on the test split,
+with the preprocessing and the rule written beside it as JSON."""
 
 import json
 import warnings
@@ -12,6 +13,7 @@ from torch import nn
 from tlpipe.atomic import atomic_path, refuse_overwriting_inputs
 from tlpipe.data.cache import load_split
 from tlpipe.errors import TlpipeError
+from tlpipe.model.decision import threshold_of
 from tlpipe.model.modelfile import load_model
 from tlpipe.runtime import batches, to_float_images
 
@@ -19,15 +21,29 @@ TOLERANCE = 1e-4
 FORMATS = {"torchscript": ".torchscript.pt", "onnx": ".onnx"}
 
 
-class Probabilities(nn.Module):
-    """(N, 3, H, W) float RGB in [0, 1] -> (N, classes) probabilities; normalisation inside."""
+class Decided(nn.Module):
+    """(N, 3, H, W) float RGB in [0, 1] -> ((N, classes) probabilities, (N,) int64 class decided by
+    the rule: argmax of log-probability + offsets); normalisation inside."""
 
-    def __init__(self, classifier: nn.Module):
+    def __init__(self, classifier: nn.Module, offsets: list[float]):
         super().__init__()
         self.classifier = classifier
+        self.register_buffer("offsets", torch.tensor(offsets, dtype=torch.float32).view(1, -1))
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.classifier(images), dim=1)
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.classifier(images)
+        return torch.softmax(logits, dim=1), (torch.log_softmax(logits, dim=1) + self.offsets).argmax(1)
+
+
+def _offsets(meta: dict) -> list[float]:
+    rule = meta["rule"]
+    return list(rule["offsets"]) if rule is not None else [0.0] * len(meta["classes"])
+
+
+def _margin(probs: np.ndarray, offsets: list[float]) -> np.ndarray:
+    """How far each decision is from changing: the gap between the two best adjusted scores."""
+    scores = np.sort(np.log(np.clip(probs, 1e-30, None)) + np.asarray(offsets), axis=1)
+    return scores[:, -1] - scores[:, -2] if scores.shape[1] > 1 else np.full(len(scores), np.inf)
 
 
 def check_images(cache_dir: str | Path, size: int) -> tuple[np.ndarray, str]:
@@ -49,7 +65,7 @@ def _export_torchscript(model: nn.Module, example: torch.Tensor, out: Path):
             traced = torch.jit.trace(model, example)
         traced.save(str(out))
         loaded = torch.jit.load(str(out))
-    return lambda x: loaded(torch.from_numpy(x)).detach().numpy()
+    return lambda x: tuple(t.detach().numpy() for t in loaded(torch.from_numpy(x)))
 
 
 def _export_onnx(model: nn.Module, example: torch.Tensor, out: Path):
@@ -61,10 +77,10 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, out: Path):
         raise TlpipeError(f"export --format onnx needs onnx, onnxscript and onnxruntime ({error.name} is missing): "
                           "pip install -e '.[export]'.") from None
     batch = torch.export.Dim("batch", min=1, max=4096)
-    torch.onnx.export(model, (example,), str(out), input_names=["images"], output_names=["probabilities"],
+    torch.onnx.export(model, (example,), str(out), input_names=["images"], output_names=["probabilities", "decision"],
                       dynamo=True, external_data=False, dynamic_shapes={"images": {0: batch}})
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    return lambda x: session.run(None, {"images": x})[0]
+    return lambda x: tuple(session.run(None, {"images": x}))
 
 
 def export(model_path: str | Path, fmt: str, out: str | Path | None = None, cache_dir: str | Path = "data/cache") -> dict:
@@ -74,7 +90,8 @@ def export(model_path: str | Path, fmt: str, out: str | Path | None = None, cach
     out = Path(out) if out else Path(model_path).with_suffix("").with_suffix(FORMATS[fmt])
     refuse_overwriting_inputs([out, out.with_name(out.name + ".json")], [model_path, cache_dir])
     classifier, meta = load_model(model_path)
-    model = Probabilities(classifier).eval()
+    offsets = _offsets(meta)
+    model = Decided(classifier, offsets).eval()
     images, described = check_images(cache_dir, meta["input_size"])
 
     def floats(part) -> torch.Tensor:
@@ -82,15 +99,18 @@ def export(model_path: str | Path, fmt: str, out: str | Path | None = None, cach
 
     with atomic_path(out) as tmp:
         run = (_export_torchscript if fmt == "torchscript" else _export_onnx)(model, floats(slice(0, 2)), tmp)
-        difference = 0.0
+        difference, changed = 0.0, 0
         for part in batches(len(images), 64):
             x = floats(part)
             with torch.no_grad():
-                expected = model(x).numpy()
-            difference = max(difference, float(np.abs(run(x.numpy()) - expected).max()))
-        if difference > TOLERANCE:
+                expected, decided = (t.numpy() for t in model(x))
+            got, got_decided = run(x.numpy())
+            difference = max(difference, float(np.abs(got - expected).max()))
+            # a decision may only differ where float rounding can tip it: a near-tie of adjusted scores
+            changed += int(((got_decided != decided) & (_margin(expected, offsets) > 1e-3)).sum())
+        if difference > TOLERANCE or changed:
             raise TlpipeError(f"export: the {fmt} model differs from PyTorch by {difference:.2e} "
-                              f"(> {TOLERANCE}) on {described}; the file was not written.")
+                              f"(> {TOLERANCE}) or in {changed} clear decisions on {described}; the file was not written.")
     sidecar = {
         "model": out.name,
         "format": fmt,
@@ -102,8 +122,12 @@ def export(model_path: str | Path, fmt: str, out: str | Path | None = None, cach
                        "how": "decode, apply EXIF orientation, convert to RGB, resize to size x size by "
                               "`mode` (squash | center-crop | pad), then `contrast` (none | equalize | "
                               "autocontrast, as Pillow's ImageOps), divide by 255"},
-        "output": {"name": "probabilities", "classes": meta["classes"], "threshold": meta.get("threshold"),
-                   "decision": "argmax; for two classes: classes[1] if probabilities[:, 1] >= threshold"},
+        "output": {"name": "probabilities", "classes": meta["classes"]},
+        "decision": {"name": "decision", "dtype": "int64",
+                     "rule": "argmax(log(probabilities) + offsets), an index into output.classes",
+                     "offsets": offsets, "fitted_for": meta["rule"]["metric"] if meta["rule"] else "argmax",
+                     "threshold": threshold_of(meta["rule"]),
+                     "threshold_rule": "two classes: the same as classes[1] if probabilities[:, 1] > threshold"},
         "checked": {"against": "PyTorch models/model.pt", "on": described, "max_abs_difference": difference,
                     "tolerance": TOLERANCE},
     }

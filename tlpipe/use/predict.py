@@ -1,7 +1,7 @@
 """`tlpipe predict`: classify image files, folders (recursive) and archives with models/model.pt alone.
 
 The model file carries everything: class names, how the resize stage made its arrays (size, mode,
-contrast), normalisation, backbone, and for binary models the threshold chosen on validation.
+contrast), normalisation, backbone, and the decision rule fitted on validation.
 """
 
 from collections.abc import Iterator
@@ -104,5 +104,5 @@ def predict(paths: list[str | Path], model_path: str | Path, batch_size: int, de
         flush()
     classes = meta["classes"]
     probs = np.concatenate(chunks) if chunks else np.zeros((0, len(classes)))
-    return make_table(names, probs, classes, meta.get("threshold")), sorted(skipped, key=lambda s: s["path"]), meta
+    return make_table(names, probs, classes, meta["rule"]), sorted(skipped, key=lambda s: s["path"]), meta
 

@@ -19,12 +19,13 @@ def probability_columns(classes: list[str]) -> list[str]:
     return [f"prob_{name}" for name in classes]
 
 
-def make_table(paths: list[str], probs: np.ndarray, classes: list[str], threshold: float | None,
+def make_table(paths: list[str], probs: np.ndarray, classes: list[str], rule: dict | None,
                labels: list[str] | None = None) -> pd.DataFrame:
+    """`predicted` is the decision under the model's rule (tlpipe.model.decision; None: argmax)."""
     table = pd.DataFrame({"path": list(paths)})
     if labels is not None:
         table["label"] = list(labels)
-    table["predicted"] = [classes[i] for i in decide(probs, threshold)]
+    table["predicted"] = [classes[i] for i in decide(probs, rule)]
     for column, values in zip(probability_columns(classes), np.asarray(probs).T):
         table[column] = values
     return table
