@@ -5,7 +5,7 @@ reported; the test split only receives the chosen candidate's figures."""
 import numpy as np
 from sklearn.metrics import log_loss
 
-from tlpipe.model.decision import fit_threshold
+from tlpipe.model.decision_fit import fit_rule
 from tlpipe.use.metrics import classification_metrics
 
 
@@ -33,7 +33,7 @@ def ensemble_report(seen: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]], c
     test_labels, test_probs = seen["test"]
     chosen, losses = choose(candidates(val_probs), val_labels, len(classes))
     val, test = candidates(val_probs)[chosen], candidates(test_probs)[chosen]
-    threshold = fit_threshold(val_labels, val)
+    threshold = fit_rule(val_labels, val, "youden" if val.shape[1] == 2 else "balanced_accuracy")  # the rule, on validation
     return {"chosen": chosen, "val_log_loss": losses,
             "val": classification_metrics(val_labels, val, classes, threshold),
             "test": classification_metrics(test_labels, test, classes, threshold)}
