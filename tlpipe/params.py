@@ -128,8 +128,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "aug_flip": BOOL,
         "aug_rotation": Spec(NUM, min=0, max=180),
         "aug_jitter": Spec(NUM, min=0, max=1),
-        "early_stop_metric": Spec(str, choices=("val_loss", "val_decision_metric", "val_accuracy",
-                                                    "val_balanced_accuracy", "val_quadratic_kappa")),
+        "early_stop_metric": Spec(str, choices=("val_loss", "val_decision_metric", "val_accuracy", "val_balanced_accuracy", "val_quadratic_kappa")),
         "patience": NON_NEGATIVE_INT,
         "device": Spec(str, choices=("auto", "cpu", "cuda")),
         "amp": BOOL,
@@ -187,9 +186,7 @@ def _check_cross_field(params: dict) -> None:
         )
     unfreeze = params["finetune"]["unfreeze"]
     if isinstance(unfreeze, str) and unfreeze != "all":
-        raise TlpipeError(
-            f"params: 'finetune.unfreeze' must be 'all' or a number of last blocks (>= 1), got {unfreeze!r}."
-        )
+        raise TlpipeError(f"params: 'finetune.unfreeze' must be 'all' or a number of last blocks (>= 1), got {unfreeze!r}.")
     hidden = params["head"]["hidden"]
     if isinstance(hidden, list) and not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden):
         raise TlpipeError(f"params: 'head.hidden' must be a list of hidden layer widths (whole numbers >= 1), e.g. "
