@@ -108,7 +108,7 @@ def param_groups(model: Classifier, lr: float, layer_decay: float) -> list[dict]
 
 
 def balance_power(cfg: dict) -> float:
-    """How strongly the loss weights (and the probe) favour rare classes: frequency ** -power (0 with class_balance none)."""
+    """How strongly the loss weights favour rare classes: frequency ** -power (0 with class_balance none)."""
     return 0.0 if cfg["class_balance"] == "none" else float(cfg["class_balance_power"])
 
 
