@@ -108,81 +108,82 @@ def positive_int(text: str) -> int:
     return value
 
 
+def _default(help_text: str) -> str:
+    return f"{help_text} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tlpipe", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True)
-    check_parser = verbs.add_parser("check", help="validate params.yaml without running anything")
-    check_parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
-    check_parser.set_defaults(func=check)
 
-    preset_parser = verbs.add_parser(
-        "preset", help="apply a named data set preset to params.yaml (no NAME: list them)",
-        description="Merge a preset's params into params.yaml, keeping its comments. Without NAME, "
-                    "list the presets with their sources and the published figures they compete with.")
+    def verb(name, func, help_text, description=None, **arguments) -> argparse.ArgumentParser:
+        """A verb whose options are `flag=(default, help)` pairs ('--' and '-' derived from the name)."""
+        sub = verbs.add_parser(name, help=help_text, description=description)
+        sub.set_defaults(func=func)
+        for option, (default, option_help) in arguments.items():
+            sub.add_argument("--" + option.replace("_", "-"), default=default,
+                             help=_default(option_help) if default is not None else option_help)
+        return sub
+
+    verb("check", check, "validate params.yaml without running anything", params=("params.yaml", "params file"))
+
+    preset_parser = verb(
+        "preset", preset, "apply a named data set preset to params.yaml (no NAME: list them)",
+        "Merge a preset's params into params.yaml, keeping its comments. Without NAME, list the presets "
+        "with their sources and the published figures they compete with.",
+        source=(None, "data.source to use instead of the preset's Kaggle one, e.g. path:/data/chest-xray-pneumonia.zip"),
+        params=("params.yaml", "params file"))
     preset_parser.add_argument("name", nargs="?", metavar="NAME", help=f"one of: {', '.join(presets.names())}")
-    preset_parser.add_argument("--source", help="data.source to use instead of the preset's Kaggle one, "
-                                                "e.g. path:/data/chest-xray-pneumonia.zip")
-    preset_parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
     preset_parser.add_argument("--set-args", action="store_true",
                                help="print `dvc exp run -S ...` for the preset instead of editing params.yaml")
-    preset_parser.set_defaults(func=preset)
 
-    predict_parser = verbs.add_parser(
-        "predict", help="classify new images with a trained model",
-        description="Classify image files, folders (searched recursively) and zip/tar archives with "
-                    "models/model.pt alone. Writes one CSV row per readable image: path, predicted class, "
-                    "probability per class; the predicted class is decided by the model's rule, fitted on "
-                    "validation for evaluate.decision_metric (for two classes a threshold). "
-                    "Unreadable or non-image files are listed with the reason, never fatal.")
+    predict_parser = verb(
+        "predict", predict, "classify new images with a trained model",
+        "Classify image files, folders (searched recursively) and zip/tar archives with models/model.pt "
+        "alone. Writes one CSV row per readable image: path, predicted class, probability per class; the "
+        "predicted class is decided by the model's rule, fitted on validation for evaluate.decision_metric "
+        "(for two classes a threshold). Unreadable or non-image files are listed with the reason, never fatal.",
+        model=("models/model.pt", "model file"),
+        out=("predictions.csv", "CSV to write; skipped files go to OUT.skipped.csv"))
     predict_parser.add_argument("paths", nargs="+", metavar="PATH", help="image file, folder or zip/tar archive")
-    predict_parser.add_argument("--model", default="models/model.pt", help="model file (default: %(default)s)")
-    predict_parser.add_argument("--out", default="predictions.csv",
-                                help="CSV to write (default: %(default)s); skipped files go to OUT.skipped.csv")
-    predict_parser.add_argument("--batch-size", type=positive_int, default=64, help="images per batch (default: %(default)s)")
+    predict_parser.add_argument("--batch-size", type=positive_int, default=64, help=_default("images per batch"))
     predict_parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                                help="auto uses the GPU when there is one (default: %(default)s)")
+                                help=_default("auto uses the GPU when there is one"))
     predict_parser.add_argument("--flip-tta", action="store_true",
                                 help="average the predictions of each image and its mirror")
-    predict_parser.set_defaults(func=predict)
 
-    export_parser = verbs.add_parser(
-        "export", help="export the model to TorchScript or ONNX",
-        description="Export models/model.pt as a model that maps (N, 3, H, W) RGB floats in [0, 1] to class "
-                    "probabilities, check it against PyTorch on the test split (max difference 1e-4), and "
-                    "write the preprocessing beside it as OUT.json.")
+    export_parser = verb(
+        "export", export, "export the model to TorchScript or ONNX",
+        "Export models/model.pt as a model that maps (N, 3, H, W) RGB floats in [0, 1] to class "
+        "probabilities, check it against PyTorch on the test split (max difference 1e-4), and write the "
+        "preprocessing beside it as OUT.json.",
+        model=("models/model.pt", "model file"),
+        out=(None, "output file (default: models/model.torchscript.pt or models/model.onnx)"),
+        cache=("data/cache", "cache folder whose test split is used for the check"))
     export_parser.add_argument("--format", required=True, choices=("torchscript", "onnx"))
-    export_parser.add_argument("--model", default="models/model.pt", help="model file (default: %(default)s)")
-    export_parser.add_argument("--out", help="output file (default: models/model.torchscript.pt or models/model.onnx)")
-    export_parser.add_argument("--cache", default="data/cache",
-                               help="cache folder whose test split is used for the check (default: %(default)s)")
-    export_parser.set_defaults(func=export)
-    lr_parser = verbs.add_parser(
-        "lr-find", help="run the learning-rate range test and show its curve, without training",
-        description="The range test finetune runs with finetune.lr: auto (the same model, data, seed and "
-                    "finetune.lr_find_* settings, so the same curve), shown as text and written as JSON; "
-                    "needs data/cache and data/features (dvc repro extract-features).")
-    lr_parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
-    lr_parser.add_argument("--out", default="lr_find.json", help="curve to write (default: %(default)s)")
-    lr_parser.set_defaults(func=lr_find)
-    compare_parser = verbs.add_parser(
-        "compare", help="one table of experiments (or branches/commits): params against val/test metrics",
-        description="Without REV: every experiment of the current commit (`dvc exp show --json`). Each row: "
-                    "backbone, strategy, head, size, epochs, lr against the fine-tuned model's validation and "
-                    "test accuracy, balanced accuracy, log loss, macro precision/recall/F1, kappa, ROC AUC, and "
-                    "the wall times of train-head and finetune, read from the metrics files of that revision. "
-                    "Writes OUT/comparison.md, .csv and a bar chart .png.")
-    compare_parser.add_argument("revisions", nargs="*", metavar="REV", help="branches, tags, commits or experiment names")
-    compare_parser.add_argument("--out", default="comparison", help="folder to write to (default: %(default)s)")
-    compare_parser.set_defaults(func=compare)
 
-    template_parser = verbs.add_parser(
-        "plots-template", help="write the offline HTML template of `dvc plots show`",
-        description="Write the HTML page template that `dvc plots show` fills (named in .dvc/config as "
-                    "plots.html_template), with vega, vega-lite and vega-embed inline from vl-convert-python, "
-                    "so plots render with no network.")
-    template_parser.add_argument("--out", default=".dvc/plots/offline.html", help="file to write (default: %(default)s)")
-    template_parser.set_defaults(func=plots_template)
+    verb("lr-find", lr_find, "run the learning-rate range test and show its curve, without training",
+         "The range test finetune runs with finetune.lr: auto (the same model, data, seed and "
+         "finetune.lr_find_* settings, so the same curve), shown as text and written as JSON; needs "
+         "data/cache and data/features (dvc repro extract-features).",
+         params=("params.yaml", "params file"), out=("lr_find.json", "curve to write"))
+
+    compare_parser = verb(
+        "compare", compare, "one table of experiments (or branches/commits): params against val/test metrics",
+        "Without REV: every experiment of the current commit (`dvc exp show --json`). Each row: backbone, "
+        "strategy, head, size, epochs, lr against the fine-tuned model's validation and test accuracy, "
+        "balanced accuracy, log loss, macro precision/recall/F1, kappa, ROC AUC, and the wall times of "
+        "train-head and finetune, read from the metrics files of that revision. Writes OUT/comparison.md, "
+        ".csv and a bar chart .png.",
+        out=("comparison", "folder to write to"))
+    compare_parser.add_argument("revisions", nargs="*", metavar="REV", help="branches, tags, commits or experiment names")
+
+    verb("plots-template", plots_template, "write the offline HTML template of `dvc plots show`",
+         "Write the HTML page template that `dvc plots show` fills (named in .dvc/config as "
+         "plots.html_template), with vega, vega-lite and vega-embed inline from vl-convert-python, so "
+         "plots render with no network.",
+         out=(".dvc/plots/offline.html", "file to write"))
     return parser
 
 
