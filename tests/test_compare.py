@@ -2,9 +2,9 @@
 metrics files, and the chart is written."""
 
 import json
-import subprocess
 import time
 
+import dvc.api
 import numpy as np
 import pandas as pd
 import pytest
@@ -57,8 +57,8 @@ def test_compare_three_queued_experiments(dvc_project, tmp_path):
     assert "e-last" in result.stdout
     for record in frame.to_dict("records"):
         rev = record["rev"]
-        shown = lambda path: json.loads(subprocess.run(["git", "show", f"{rev}:{path}"], cwd=project,  # noqa: E731
-                                                       capture_output=True, text=True, check=True).stdout)
+        # The detailed metrics are DVC-cached outputs (not in Git): read each experiment's own copy.
+        shown = lambda path: json.loads(dvc.api.read(path, repo=str(project), rev=rev))  # noqa: E731
         evaluated, finetuned = shown("metrics/evaluate.json"), shown("metrics/finetune.json")
         for split in ("val", "test"):
             figures = evaluated["finetune"][split]
