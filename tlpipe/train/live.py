@@ -21,8 +21,16 @@ class EpochLogger:
 
     def __init__(self, directory: str | Path = LIVE_DIR):
         from dvclive import Live
+        from scmrepo.exceptions import SCMError
 
-        self.live = Live(str(directory), dvcyaml=False, save_dvc_exp=False, report=None)
+        class LiveWithoutGit(Live):
+            def _init_dvc(self):  # DVCLive asks Git for HEAD, which a repository without a commit lacks
+                self._dvc_repo = None
+
+        try:
+            self.live = Live(str(directory), dvcyaml=False, save_dvc_exp=False, report=None)
+        except SCMError:  # `git init` + `dvc repro` before the first commit: log the files all the same
+            self.live = LiveWithoutGit(str(directory), dvcyaml=False, save_dvc_exp=False, report=None)
 
     def __call__(self, row: dict) -> None:
         for name in CURVES:
