@@ -22,6 +22,7 @@ from conftest import make_image_tree, png_bytes, split_cfg
 from tlpipe.data.resize import build_cache
 from tlpipe.errors import TlpipeError
 from tlpipe.data.raw import RawData, printable
+from tlpipe.data.cache import load_split
 from tlpipe.data.split import build_split, split_metrics
 
 pytestmark = pytest.mark.robustness
@@ -178,7 +179,7 @@ def outcome(tmp_path_factory):
     places = {r["path"]: ("skipped", r["reason"]) for r in split_json["skipped"]}
     places |= {u["path"]: ("unreadable", u["reason"]) for u in resize_json["unreadable"]}
     for split in ("train", "val", "test"):
-        index = pd.read_csv(tmp / "cache" / f"{split}.csv", dtype=str, keep_default_na=False)
+        index = load_split(tmp / "cache", split)[2]
         places |= {path: ("used", split) for path in index["path"]}
     return {"places": places, "inputs": every_input(tmp / "raw"), "split": split_json, "table": table}
 
