@@ -209,7 +209,7 @@ def metrics_rounded(project: Path) -> dict:
         if isinstance(value, float):
             return round(value, 4)
         if isinstance(value, dict):
-            return {k: rounded(v) for k, v in value.items() if not k.endswith("_per_s")}
+            return {k: rounded(v) for k, v in value.items() if not k.endswith("_per_s") and k != "wall_s"}  # timings are not results
         if isinstance(value, list):
             return [rounded(v) for v in value]
         return value
