@@ -28,9 +28,13 @@ def remote_files(remote: Path) -> set[str]:
 
 
 def output_md5s(project: Path) -> set[str]:
-    # records/ holds the cached copies of Git-tracked metrics (tlpipe.records): pushed too
-    files = [p for out in ("data/raw", "data/cache", "records") for p in (project / out).rglob("*") if p.is_file()]
-    return {hashlib.md5(p.read_bytes()).hexdigest() for p in [*files, project / "data" / "split.csv"]}
+    # every cached output of download, split and resize: data, their detailed metrics (metrics/*.json
+    # are cached outputs) and records/ (cached copies of Git-tracked metrics, tlpipe.records)
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    outs = [out["path"] for name in ("download", "split", "resize") for out in lock[name].get("outs", [])]
+    files = [p for out in outs for p in [project / out, *(project / out).rglob("*")] if p.is_file()]
+    assert files and all(not (project / out).is_file() or (project / out) in files for out in outs)
+    return {hashlib.md5(p.read_bytes()).hexdigest() for p in files}
 
 
 def shards(project: Path) -> dict[str, set[str]]:
@@ -67,7 +71,7 @@ def test_adding_ten_images_rewrites_and_uploads_at_most_two_shards_per_split(dvc
     expected = {md5 for md5 in output_md5s(project) - md5_before}
     # DVC's remote holds files/md5/XX/REST: the new objects are the new files' contents ...
     assert {name[-32:] for name in new_files} == expected
-    # ... 10 images, split.csv, the split and resize metrics' records, at most 2 shards (.npy + .csv)
+    # ... 10 images, split.csv, the split and resize metrics, at most 2 shards (.npy + .csv)
     # per split, and the 2 folder listings
     assert len(expected) <= 10 + 1 + 2 + 2 * 2 * len(SPLITS)
     assert len([n for n in uploaded if n.endswith(".dir")]) == 2
