@@ -7,6 +7,7 @@ import torch
 from tlpipe import params
 from tlpipe.atomic import atomic_path, write_json
 from tlpipe.data.cache import load_preprocess
+from tlpipe.distributed import finish, from_env, init, process_count, relaunch
 from tlpipe.model.decision import rule_summary
 from tlpipe.model.decision_fit import fit_rule
 from tlpipe.model.inference import image_probabilities
@@ -14,7 +15,7 @@ from tlpipe.model.modelfile import model_checkpoint
 from tlpipe.train.finetune import fit
 from tlpipe.train.live import EpochLogger
 from tlpipe.train.session import prepare
-from tlpipe.runtime import pick_device, seed_everything, tune_malloc
+from tlpipe.runtime import seed_everything, tune_malloc
 from tlpipe.stage import run
 
 
@@ -22,13 +23,21 @@ def main() -> None:
     started = time.perf_counter()
     tune_malloc()
     p = params.load()
+    relaunch("finetune", process_count(p["finetune"]["processes"], p["finetune"]["device"]))  # under torchrun
+    ranks = from_env()
+    device = init(p["finetune"]["device"], ranks)
     seed_everything(p["finetune"]["seed"], p["finetune"]["deterministic"])
-    device = pick_device(p["finetune"]["device"])
-    session = prepare(p, device)
+    log = print if ranks.is_main else (lambda line: None)
+    session = prepare(p, device, log=log, ranks=ranks)
     cfg, model, classes = session.cfg, session.model, session.classes
     metric = p["evaluate"]["decision_metric"]
-    live = EpochLogger()  # live/finetune/: per-epoch metrics and curves, rewritten after every epoch
-    result = fit(model, session.train, session.val, cfg, len(classes), device, on_epoch=live, decision_metric=metric)
+    # live/finetune/: per-epoch metrics and curves, rewritten after every epoch (by rank 0)
+    live = EpochLogger() if ranks.is_main else None
+    result = fit(model, session.train, session.val, cfg, len(classes), device, log=log, on_epoch=live,
+                 decision_metric=metric, ranks=ranks)
+    finish(ranks)
+    if not ranks.is_main:
+        return
     live.close()
     # The decision rule is fitted here, on validation, and stored in model.pt for every user of it.
     val_probs = image_probabilities(model, session.val.images, cfg["batch_size"] * 2, device)

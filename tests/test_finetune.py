@@ -41,7 +41,7 @@ def test_best_checkpoint_is_kept_not_the_last(monkeypatch):
     scripted = iter([0.9, 0.3, 0.8, 0.7])
     snapshots = []
 
-    def scripted_evaluate(model, data, cfg, device, decision=None):
+    def scripted_evaluate(model, data, cfg, device, decision=None, ranks=None):
         snapshots.append(copy.deepcopy(model.state_dict()))
         return {"val_loss": next(scripted), "val_accuracy": 0.5, "val_balanced_accuracy": 0.5}
 
@@ -137,7 +137,7 @@ def test_ema_weights_are_validated_and_kept(monkeypatch):
             raw.append({k: v.detach().clone() for k, v in model.state_dict().items()})
             super().update_parameters(model)
 
-    def scripted_evaluate(model, data, cfg, device, decision=None):
+    def scripted_evaluate(model, data, cfg, device, decision=None, ranks=None):
         validated.append(model)
         return {"val_loss": 1.0 - len(validated) / 10, "val_accuracy": 0.5, "val_balanced_accuracy": 0.5}
 

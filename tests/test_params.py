@@ -52,5 +52,6 @@ def test_every_param_is_declared_in_dvc_yaml():
     pipeline = yaml.safe_load((REPO / "dvc.yaml").read_text())
     declared = {key for stage in pipeline["stages"].values() for key in stage.get("params", [])}
     not_declared = {f"{s}.{k}" for s, keys in params.SCHEMA.items() for k in keys} - declared
-    # Worker counts and devices change speed, never results.
-    assert not_declared == {"resize.workers", "features.device", "evaluate.device"}
+    # Worker and process counts and devices change speed, never results (tests/test_distributed.py).
+    assert not_declared == {"resize.workers", "features.device", "evaluate.device", "features.processes",
+                            "finetune.processes"}

@@ -87,7 +87,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
     "features": {
         "batch_size": POSITIVE_INT,
         "flip_tta": BOOL,
-        "device": Spec(str, choices=("auto", "cpu", "cuda")),
+        "device": Spec(str, choices=("auto", "cpu", "cuda")), "processes": Spec(int, min=1, auto=True),
         "spatial_grid": Spec(int, min=0, max=16),
     },
     "head": {
@@ -130,7 +130,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "aug_jitter": Spec(NUM, min=0, max=1),
         "early_stop_metric": Spec(str, choices=("val_loss", "val_decision_metric", "val_accuracy", "val_balanced_accuracy", "val_quadratic_kappa")),
         "patience": NON_NEGATIVE_INT,
-        "device": Spec(str, choices=("auto", "cpu", "cuda")),
+        "device": Spec(str, choices=("auto", "cpu", "cuda")), "processes": Spec(int, min=1, auto=True),
         "amp": BOOL,
         "channels_last": BOOL,
         "deterministic": BOOL,

@@ -59,7 +59,8 @@ def run(main: Callable[[], None]) -> None:
     os.register_at_fork(after_in_child=_child_signals)
     try:
         main()
-        mirror(Path(sys.argv[0]).stem.replace("_", "-"))
+        if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 alone writes (tlpipe.distributed)
+            mirror(Path(sys.argv[0]).stem.replace("_", "-"))
     except KeyboardInterrupt:
         print(INTERRUPTED, file=sys.stderr)
         sys.exit(130)

@@ -4,23 +4,28 @@ import numpy as np
 import torch
 from torch import nn
 
+from tlpipe.distributed import SINGLE, Ranks, map_batches
 from tlpipe.runtime import autocast, batches, to_float_images
 
 
 @torch.inference_mode()
 def predict_logits(model: nn.Module, images: np.ndarray, batch_size: int, device: torch.device,
-                   channels_last: bool = True, flip_tta: bool = False, amp: bool = True) -> torch.Tensor:
+                   channels_last: bool = True, flip_tta: bool = False, amp: bool = True,
+                   ranks: Ranks = SINGLE) -> torch.Tensor:
     """(N, H, W, 3) uint8 -> (N, classes) float32 logits on the CPU; with flip_tta the log of the
-    mean probability of each image and its mirror."""
+    mean probability of each image and its mirror. Under several processes (`ranks`) each computes
+    its share of the batches and every one returns all the logits."""
     model.eval().to(device)
-    outputs = []
-    for part in batches(len(images), batch_size):
+
+    def logits_of(part: slice) -> torch.Tensor:
         x = to_float_images(images[part], device, channels_last)
         with autocast(device, amp):
             logits = model(x).float()
             if flip_tta:
                 logits = torch.log((logits.softmax(1) + model(x.flip(3)).float().softmax(1)) / 2)
-        outputs.append(logits.cpu())
+        return logits.cpu()
+
+    outputs = [logits for _, logits in map_batches(logits_of, list(batches(len(images), batch_size)), ranks)]
     return torch.cat(outputs) if outputs else torch.zeros(0)
 
 

@@ -19,12 +19,22 @@ class Augment:
     rotation: float = 10.0      # degrees, +-
     jitter: float = 0.2         # brightness and contrast, +-
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """x: float (N, 3, H, W) in [0, 1] -> augmented, same shape and device."""
+    def __call__(self, x: torch.Tensor, generator: torch.Generator, positions=None, total: int | None = None,
+                 ) -> torch.Tensor:
+        """x: float (N, 3, H, W) in [0, 1] -> augmented, same shape and device.
+
+        Under several processes x is the images at `positions` of a global batch of `total`: the
+        random draws are those of the whole batch (the same generator on every rank), each image
+        taking its own, so one and N processes augment every image alike."""
         n = x.shape[0]
+        total = n if total is None else total
+        if n == 0 and total:  # a rank with no image of this (small, last) batch draws all the same: in step
+            self(torch.zeros(total, 3, 2, 2), generator)
+            return x
+        take = slice(None) if positions is None else torch.as_tensor(positions, dtype=torch.long)
 
         def uniform(low: float, high: float) -> torch.Tensor:
-            return torch.rand(n, generator=generator, dtype=torch.float64) * (high - low) + low
+            return torch.rand(total, generator=generator, dtype=torch.float64)[take] * (high - low) + low
 
         area = uniform(self.scale_min, 1.0)
         log_ratio = uniform(math.log(self.ratio[0]), math.log(self.ratio[1])).exp()
@@ -33,7 +43,8 @@ class Augment:
         shift_x = uniform(-1, 1) * (1 - width)
         shift_y = uniform(-1, 1) * (1 - height)
         angle = uniform(-self.rotation, self.rotation) * math.pi / 180
-        mirror = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0).double() if self.flip else torch.ones(n, dtype=torch.float64)
+        mirror = (torch.where(torch.rand(total, generator=generator)[take] < 0.5, -1.0, 1.0).double() if self.flip
+                  else torch.ones(n, dtype=torch.float64))
         cos, sin = angle.cos(), angle.sin()
         theta = torch.stack([
             torch.stack([cos * width * mirror, -sin * height, shift_x], dim=1),

@@ -1,7 +1,9 @@
 """The finetune stage: backbone + head trained end to end from the cached uint8 arrays.
 
-One readable loop: `train_one_epoch` and `evaluate` apart, every knob from `finetune.*`,
-no global state, and logging/saving only where `is_main` (the rank-0 process under torchrun).
+One readable loop: `train_one_epoch` and `validate` apart, every knob from `finetune.*`, no
+global state. Under torchrun (`ranks`, tlpipe.distributed) each rank trains on its share of every
+global batch through a DDP wrapper, validates its share of the batches and sees all the figures;
+the stage logs and saves on rank 0 alone.
 """
 
 import copy
@@ -15,6 +17,7 @@ from sklearn.metrics import balanced_accuracy_score, cohen_kappa_score
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from tlpipe.distributed import SINGLE, Ranks, Replicas, share_weights, sum_over_ranks
 from tlpipe.errors import TlpipeError
 from tlpipe.model.backbones import Backbone, block_groups
 from tlpipe.model.classifier import AttentionHead, Classifier, make_head
@@ -112,37 +115,52 @@ def balance_power(cfg: dict) -> float:
     return 0.0 if cfg["class_balance"] == "none" else float(cfg["class_balance_power"])
 
 
+def _batch_weight(y: torch.Tensor, loss_fn: nn.CrossEntropyLoss) -> torch.Tensor:
+    """What the loss's mean divides by: the images, or with class weights the sum of their weights."""
+    return (loss_fn.weight[y].sum() if loss_fn.weight is not None else torch.tensor(float(len(y)))).double().cpu()
+
+
 def train_one_epoch(model: Classifier, data: Split, optimizer, scheduler, loss_fn, augment: Augment,
                     cfg: dict, epoch: int, device: torch.device, generator: torch.Generator,
-                    average: AveragedModel | None = None) -> dict:
+                    average: AveragedModel | None = None, replicas: Replicas | None = None,
+                    ranks: Ranks = SINGLE) -> dict:
     set_trainable(model, epoch, cfg)
+    step_model = (replicas or Replicas(model, ranks, device))()
     order = epoch_order(data.labels, cfg["seed"], epoch, balanced=cfg["class_balance"] == "sampler")
     total_loss, seen, start = 0.0, 0, time.perf_counter()
-    batches = device_batches(data.images, data.labels, order, cfg["batch_size"], device, cfg["channels_last"])
-    for step, (idx, x, y) in enumerate(batches):
-        x = augment(x, generator)
+    batches = device_batches(data.images, data.labels, order, cfg["batch_size"], device, cfg["channels_last"], ranks)
+    for step, (positions, batch_total, x, y) in enumerate(batches):
+        x = augment(x, generator, positions, batch_total)
         with autocast(device, cfg["amp"]):
-            loss = loss_fn(model(x).float(), y)
+            out = step_model(x).float()
+            loss = loss_fn(out, y) if len(y) else out.sum() * 0.0
         if not torch.isfinite(loss):
             raise TlpipeError(f"finetune: the loss became {loss.item()} at epoch {epoch}, batch {step}. "
                               f"Lower finetune.lr (now {cfg['lr']}) or check the input images.")
+        share = 1.0  # of the global batch's loss: DDP averages the ranks' gradients, each rank's mean weighs its share
+        if ranks.distributed:
+            weight = _batch_weight(y, loss_fn)
+            share = float(weight / sum_over_ranks(weight.clone(), ranks))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * (share * ranks.world) if ranks.distributed else loss).backward()
         optimizer.step()
         scheduler.step()
         if average is not None:
             average.update_parameters(model)
-        total_loss += loss.item() * len(idx)
-        seen += len(idx)
+        total_loss += loss.item() * share * batch_total
+        seen += len(y)
     elapsed = time.perf_counter() - start
+    total_loss, seen = sum_over_ranks(torch.tensor([total_loss, seen], dtype=torch.float64), ranks).tolist()
     return {"train_loss": total_loss / max(seen, 1), "train_images_per_s": seen / max(elapsed, 1e-9)}
 
 
 def validate(model: Classifier, data: Split, cfg: dict, device: torch.device,
-             decision: tuple[str, np.ndarray] | None = None) -> dict:
+             decision: tuple[str, np.ndarray] | None = None, ranks: Ranks = SINGLE) -> dict:
     """Validation figures of one epoch; with `decision` (metric, training labels) also that
-    metric under a decision rule fitted to these validation predictions (`val_decision_metric`)."""
-    logits = predict_logits(model, data.images, cfg["batch_size"] * 2, device, cfg["channels_last"], amp=cfg["amp"])
+    metric under a decision rule fitted to these validation predictions (`val_decision_metric`).
+    Every rank computes the same figures (the logits are gathered on each)."""
+    logits = predict_logits(model, data.images, cfg["batch_size"] * 2, device, cfg["channels_last"], amp=cfg["amp"],
+                            ranks=ranks)
     labels = torch.from_numpy(np.array(data.labels))
     predicted = logits.argmax(1).numpy()
     extra = {}
@@ -190,13 +208,16 @@ def lr_range_test(model: Classifier, train: Split, cfg: dict, num_classes: int, 
 
 def fit(model: Classifier, train: Split, val: Split, cfg: dict, num_classes: int, device: torch.device,
         log: Callable[[str], None] = print, on_epoch: Callable[[dict], None] | None = None,
-        decision_metric: str | None = None) -> FitResult:
+        decision_metric: str | None = None, ranks: Ranks = SINGLE) -> FitResult:
     """Train for `cfg['epochs']`, keeping the weights of the best epoch on `early_stop_metric`
-    (`val_decision_metric`: `decision_metric` under a rule fitted on that epoch's validation)."""
+    (`val_decision_metric`: `decision_metric` under a rule fitted on that epoch's validation).
+    `cfg['batch_size']` is the global batch: one and N processes (`ranks`) train the same model."""
     if len(train.labels) == 0 or len(val.labels) == 0:
         raise TlpipeError("finetune: the train and val splits must both hold images.")
     generator = torch.Generator().manual_seed(cfg["seed"])
     loss_fn, groups, augment = _training_setup(model, train, cfg, num_classes, device, cfg["lr"])
+    share_weights(model, ranks)
+    replicas = Replicas(model, ranks, device)
     optimizer = torch.optim.AdamW(groups, weight_decay=cfg["weight_decay"])
     steps_per_epoch = -(-len(train.labels) // cfg["batch_size"])
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
@@ -218,14 +239,14 @@ def fit(model: Classifier, train: Split, val: Split, cfg: dict, num_classes: int
     # with a higher validation loss, so epoch 0 is never worse than the probe on validation.
     check_start = cfg["head_init"] == "probe" and 0 < cfg["freeze_epochs"] <= cfg["epochs"]
     if check_start:
-        result.start = validate(validated, val, cfg, device)
+        result.start = validate(validated, val, cfg, device, ranks=ranks)
         start_head = copy.deepcopy(model.head.state_dict())
         log(f"probe: val_loss {result.start['val_loss']:.4f} val_accuracy {result.start['val_accuracy']:.4f}")
     for epoch in range(cfg["epochs"]):
         row = {"step": epoch, "lr": optimizer.param_groups[0]["lr"]}
         row |= train_one_epoch(model, train, optimizer, scheduler, loss_fn, augment, cfg, epoch, device, generator,
-                               average)
-        row |= validate(validated, val, cfg, device, decision)
+                               average, replicas, ranks)
+        row |= validate(validated, val, cfg, device, decision, ranks)
         if check_start and epoch == cfg["freeze_epochs"] - 1 and row["val_loss"] > result.start["val_loss"]:
             log(f"epoch {epoch}: val_loss {row['val_loss']:.4f} is worse than the probe's; the frozen epochs "
                 "are undone (the probe head is kept)")

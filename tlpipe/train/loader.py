@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from tlpipe.distributed import SINGLE, Ranks
 from tlpipe.runtime import training_batches
 
 PREFETCH = 2  # batches read ahead
@@ -34,15 +35,26 @@ def to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> tor
     return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
+def rank_share(order: np.ndarray, part: slice, ranks: Ranks) -> tuple[np.ndarray, np.ndarray]:
+    """(positions, rows): this rank's share of one global batch, the batch's rows in disk order and
+    rank r taking positions r, r + N, ... of them (all of them on one process)."""
+    rows = np.sort(order[part])
+    positions = np.arange(len(rows))[ranks.rank::ranks.world]
+    return positions, rows[positions]
+
+
 def device_batches(images, labels: np.ndarray, order: np.ndarray, batch_size: int, device: torch.device,
-                   channels_last: bool = True) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
-    """(rows, float images on device, labels on device) per training batch of `order`."""
+                   channels_last: bool = True, ranks: Ranks = SINGLE,
+                   ) -> Iterator[tuple[np.ndarray, int, torch.Tensor, torch.Tensor]]:
+    """(positions in the global batch, global batch size, float images on device, labels on device)
+    for this rank's share of every global training batch of `order` (`batch_size` is the global batch)."""
     parts = list(training_batches(len(order), batch_size))
+    shares = [rank_share(order, part, ranks) for part in parts]
     pin = device.type == "cuda"
     with ThreadPoolExecutor(1, thread_name_prefix="tlpipe-read") as pool:
-        pending = deque(pool.submit(_read, images, labels, order[p], pin) for p in parts[:PREFETCH])
-        for i in range(len(parts)):
-            rows, x, y = pending.popleft().result()
+        pending = deque(pool.submit(_read, images, labels, rows, pin) for _, rows in shares[:PREFETCH])
+        for i, part in enumerate(parts):
+            _, x, y = pending.popleft().result()
             if i + PREFETCH < len(parts):
-                pending.append(pool.submit(_read, images, labels, order[parts[i + PREFETCH]], pin))
-            yield rows, to_device(x, device, channels_last), y.to(device, non_blocking=True)
+                pending.append(pool.submit(_read, images, labels, shares[i + PREFETCH][1], pin))
+            yield shares[i][0], part.stop - part.start, to_device(x, device, channels_last), y.to(device, non_blocking=True)

@@ -9,6 +9,7 @@ import torch
 from sklearn.metrics import balanced_accuracy_score
 
 from tlpipe.data.cache import load_classes, load_features, load_spatial_features, load_split
+from tlpipe.distributed import SINGLE, Ranks, share
 from tlpipe.model.backbones import create_backbone
 from tlpipe.model.classifier import AttentionHead, Classifier
 from tlpipe.model.inference import feature_probabilities
@@ -56,10 +57,11 @@ def probe_score(model: Classifier, probe: Features, val_features: np.ndarray, va
     return float(balanced_accuracy_score(val_labels, predicted))
 
 
-def prepare(p: dict, device: torch.device, find_lr: bool | None = None, log=print) -> Session:
+def prepare(p: dict, device: torch.device, find_lr: bool | None = None, log=print, ranks: Ranks = SINGLE) -> Session:
     """Load the inputs of finetune and resolve `strategy: auto` and `lr: auto` as the stage does.
 
-    `find_lr`: run the range test (default: when finetune.lr is auto and there is anything to train)."""
+    `find_lr`: run the range test (default: when finetune.lr is auto and there is anything to train).
+    Under several processes rank 0 runs it and the others take its rate."""
     cfg = dict(p["finetune"])
     classes = load_classes("data/cache")
     train = Split(*load_split("data/cache", "train")[:2])
@@ -84,8 +86,10 @@ def prepare(p: dict, device: torch.device, find_lr: bool | None = None, log=prin
     if find_lr is None:
         find_lr = cfg["lr"] == "auto" and cfg["epochs"] > 0
     if find_lr:
-        torch.manual_seed(cfg["seed"])
-        session.lr_curve = lr_range_test(model, train, cfg, len(classes), device)
+        if ranks.is_main:
+            torch.manual_seed(cfg["seed"])
+            session.lr_curve = lr_range_test(model, train, cfg, len(classes), device)
+        session.lr_curve = share(session.lr_curve, ranks)
         lr = suggest(session.lr_curve)
         choices["lr_find"] = session.lr_curve.as_metrics(lr)
         log(f"finetune: lr auto -> {lr:.3g} (range test of {len(session.lr_curve.rows)} steps)")

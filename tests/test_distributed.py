@@ -1,0 +1,212 @@
+"""finetune and extract-features on several processes (torchrun, DDP over gloo on the CPU): one and
+two processes train the same model, every rank holds the same weights, uneven data and early
+stopping behave, two localhost "nodes" agree with one process, and a dying rank fails the stage
+without leaving an output that looks complete."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import make_image_tree, run
+
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]
+TIMEOUT = 240   # seconds for any one multi-process run: a hang fails the test instead of CI
+THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def set_params(project: Path, **changes) -> None:
+    path = project / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for dotted, value in changes.items():
+        section, key = dotted.split(".")
+        params[section][key] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def stage(project: Path, command: list[str], check: bool = True, **popen) -> subprocess.CompletedProcess:
+    env = {**os.environ, **THREADS}
+    result = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=TIMEOUT, **popen)
+    if check and result.returncode:
+        raise AssertionError(f"{command} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+def weights(project: Path) -> dict[str, torch.Tensor]:
+    return torch.load(project / "models" / "model.pt", weights_only=False)["state_dict"]
+
+
+def finetune_metrics(project: Path) -> dict:
+    return json.loads((project / "metrics" / "finetune.json").read_text())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A tiny three-class project up to extract-features; 61 training images, so batches of 8 end
+    uneven (a last global batch of 5: ranks of 3 and 2 images)."""
+    from conftest import make_dvc_project
+
+    root = tmp_path_factory.mktemp("ddp")
+    project = make_dvc_project(root / "project")
+    make_image_tree(root / "images", {"circle": 30, "square": 30, "cross": 30})
+    set_params(project, **{"data.source": f"path:{root / 'images'}", "resize.size": 32,
+                           "finetune.epochs": 3, "finetune.batch_size": 8, "finetune.lr": 0.001,
+                           "finetune.patience": 0, "features.batch_size": 16, "split.val_fraction": 0.2,
+                           "split.test_fraction": 0.1})
+    run(["dvc", "repro", "extract-features"], project)
+    return project
+
+
+def train(project: Path, processes: int | None = None, command: list[str] | None = None) -> tuple[dict, dict]:
+    if processes is not None:
+        set_params(project, **{"finetune.processes": processes})
+    stage(project, command or [sys.executable, "stages/finetune.py"])
+    return weights(project), finetune_metrics(project)
+
+
+def assert_same_training(one: tuple[dict, dict], other: tuple[dict, dict]) -> None:
+    (w1, m1), (w2, m2) = one, other
+    for name in ("val_accuracy", "val_balanced_accuracy", "val_quadratic_kappa", "best_epoch", "epochs_run"):
+        assert m1[name] == m2[name], (name, m1[name], m2[name])
+    assert abs(m1["val_loss"] - m2["val_loss"]) <= 1e-3, (m1["val_loss"], m2["val_loss"])
+    assert w1.keys() == w2.keys()
+    worst = max((w1[k].double() - w2[k].double()).abs().max().item() for k in w1 if w1[k].is_floating_point())
+    assert worst <= 1e-3, worst
+
+
+def test_one_and_two_processes_train_the_same_model(project):
+    set_params(project, **{"finetune.strategy": "all"})
+    single = train(project, processes=1)
+    assert single[1]["epochs_run"] == 3
+    assert_same_training(single, train(project, processes=2))  # the setting: finetune relaunches under torchrun
+    set_params(project, **{"finetune.processes": "auto"})  # auto on a CPU is one process; torchrun sets two
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                "stages/finetune.py"]
+    assert_same_training(single, train(project, command=torchrun))
+
+
+def test_two_localhost_nodes_give_the_result_of_one_process(project):
+    set_params(project, **{"finetune.strategy": "all", "finetune.processes": 1})
+    single = train(project)
+    port = free_port()
+    agents = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={node}",
+                                "--nproc_per_node=1", "--master_addr=127.0.0.1", f"--master_port={port}",
+                                "stages/finetune.py"], cwd=project, env={**os.environ, **THREADS},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+              for node in (0, 1)]
+    for agent in agents:
+        out, _ = agent.communicate(timeout=TIMEOUT)
+        assert agent.returncode == 0, out[-4000:]
+    assert_same_training(single, (weights(project), finetune_metrics(project)))
+
+
+def test_every_rank_holds_the_same_parameters_and_early_stop_agrees(project, tmp_path):
+    """The library under torchrun: after fit, an all-gathered checksum of the parameters is the same
+    on both ranks; with patience 1 and a learning rate that overshoots, both stop at the same epoch."""
+    script = tmp_path / "ranks.py"
+    script.write_text(f"""
+import json, os, sys, torch
+sys.path.insert(0, {str(Path(__file__).parents[1])!r})
+from tlpipe import params
+from tlpipe.distributed import from_env, init, check_ranks_agree
+from tlpipe.train.finetune import fit
+from tlpipe.train.session import prepare
+os.chdir({str(project)!r})
+p = params.load()
+p["finetune"] |= {{"strategy": "all", "epochs": 6, "patience": 1, "lr": 0.3, "early_stop_metric": "val_accuracy"}}
+ranks = from_env()
+device = init("cpu", ranks)
+torch.manual_seed(0)
+session = prepare(p, device, log=lambda line: None, ranks=ranks)
+result = fit(session.model, session.train, session.val, session.cfg, len(session.classes), device,
+             log=lambda line: None, ranks=ranks)
+checksum = check_ranks_agree(session.model, ranks)
+print(json.dumps({{"rank": ranks.rank, "checksum": checksum, "best": result.best_epoch, "run": len(result.history)}}))
+""")
+    out = stage(project, [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(script)]).stdout
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert sorted(r["rank"] for r in rows) == [0, 1]
+    assert rows[0]["checksum"] == rows[1]["checksum"]
+    assert rows[0]["run"] == rows[1]["run"] and rows[0]["best"] == rows[1]["best"]
+    assert rows[0]["run"] < 6  # it did stop early
+
+
+def test_extract_features_on_two_processes_gives_the_same_rows(project):
+    features = project / "data" / "features"
+    stage(project, [sys.executable, "stages/extract_features.py"])  # one process, on the threads the ranks get
+    before = {split: (np.load(features / f"{split}.npy"), np.load(features / f"{split}_labels.npy"))
+              for split in ("train", "val", "test")}
+    set_params(project, **{"features.processes": 2})
+    try:
+        stage(project, [sys.executable, "stages/extract_features.py"])
+    finally:
+        set_params(project, **{"features.processes": "auto"})
+    for split, (values, labels) in before.items():
+        after = np.load(features / f"{split}.npy")
+        assert after.shape == values.shape and np.abs(after - values).max() <= 1e-5, split
+        assert (np.load(features / f"{split}_labels.npy") == labels).all()
+
+
+def _rank_pid(parent: int, rank: str) -> int | None:
+    """The process under `parent` whose environment says RANK=`rank` (a torchrun worker)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            status = (proc / "status").read_text()
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in environ and f"TLPIPE_TEST_PARENT={parent}".encode() in environ \
+                and "python" in status.splitlines()[0]:
+            return int(proc.name)
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the rank's process through /proc")
+def test_a_rank_that_dies_fails_the_stage_and_keeps_the_previous_model(project):
+    set_params(project, **{"finetune.processes": 1, "finetune.epochs": 3})
+    stage(project, [sys.executable, "stages/finetune.py"])
+    model = project / "models" / "model.pt"
+    before = model.read_bytes()
+    set_params(project, **{"finetune.processes": 2, "finetune.epochs": 200})
+    marker = str(os.getpid())
+    proc = subprocess.Popen([sys.executable, "stages/finetune.py"], cwd=project,
+                            env={**os.environ, **THREADS, "TLPIPE_TEST_PARENT": marker},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, victim = time.monotonic() + TIMEOUT, None
+        live = project / "live" / "finetune" / "metrics.json"
+        while time.monotonic() < deadline and proc.poll() is None:
+            victim = _rank_pid(int(marker), "1")
+            if victim and live.exists() and json.loads(live.read_text()).get("step", 0) >= 1:
+                break
+            time.sleep(0.5)
+        assert victim is not None and proc.poll() is None, "rank 1 never started"
+        os.kill(victim, signal.SIGKILL)
+        out, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert "one of its 2 processes failed" in err and "previous ones are kept" in err, err[-3000:]
+    assert model.read_bytes() == before
+    assert not [p for p in model.parent.iterdir() if p.name != "model.pt" and p.name.startswith("model")], \
+        list(model.parent.iterdir())
+    set_params(project, **{"finetune.processes": "auto", "finetune.epochs": 3})
