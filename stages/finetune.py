@@ -14,6 +14,7 @@ from tlpipe.model.inference import image_probabilities
 from tlpipe.model.modelfile import model_checkpoint
 from tlpipe.train.finetune import fit
 from tlpipe.train.live import EpochLogger
+from tlpipe.train.resume import Checkpoints, input_key
 from tlpipe.train.session import prepare
 from tlpipe.runtime import seed_everything, tune_malloc
 from tlpipe.stage import run
@@ -31,10 +32,12 @@ def main() -> None:
     session = prepare(p, device, log=log, ranks=ranks)
     cfg, model, classes = session.cfg, session.model, session.classes
     metric = p["evaluate"]["decision_metric"]
+    # .tlpipe/resume/: the state after each epoch, resumed from after a kill when params and inputs match
+    checkpoints = Checkpoints(input_key(cfg, p))
     # live/finetune/: per-epoch metrics and curves, rewritten after every epoch (by rank 0)
-    live = EpochLogger() if ranks.is_main else None
+    live = EpochLogger(resume=checkpoints.resumable()) if ranks.is_main else None
     result = fit(model, session.train, session.val, cfg, len(classes), device, log=log, on_epoch=live,
-                 decision_metric=metric, ranks=ranks)
+                 decision_metric=metric, ranks=ranks, checkpoints=checkpoints)
     finish(ranks)
     if not ranks.is_main:
         return
@@ -56,6 +59,7 @@ def main() -> None:
                                          "rule": rule_summary(rule, classes), "wall_s": round(time.perf_counter() - started, 1)})
     # Always written (DVC declares it): the range test's curve with finetune.lr auto, else empty.
     write_json("plots/finetune/lr_find.json", session.lr_curve.rows if session.lr_curve else [])
+    checkpoints.clear()
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ import yaml
 
 from conftest import make_image_tree, run
 
-pytestmark = [pytest.mark.slow, pytest.mark.distributed]
+# one worker runs them all (pyproject: --dist loadgroup), so the tiny project is built once
+pytestmark = [pytest.mark.slow, pytest.mark.distributed, pytest.mark.xdist_group("distributed")]
 TIMEOUT = 240   # seconds for any one multi-process run: a hang fails the test instead of CI
 THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -89,7 +90,7 @@ def assert_same_training(one: tuple[dict, dict], other: tuple[dict, dict]) -> No
     assert worst <= 1e-3, worst
 
 
-def test_one_and_two_processes_train_the_same_model(project):
+def test_one_process_two_processes_and_two_nodes_train_the_same_model(project):
     set_params(project, **{"finetune.strategy": "all"})
     single = train(project, processes=1)
     assert single[1]["epochs_run"] == 3
@@ -98,12 +99,7 @@ def test_one_and_two_processes_train_the_same_model(project):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                 "stages/finetune.py"]
     assert_same_training(single, train(project, command=torchrun))
-
-
-def test_two_localhost_nodes_give_the_result_of_one_process(project):
-    set_params(project, **{"finetune.strategy": "all", "finetune.processes": 1})
-    single = train(project)
-    port = free_port()
+    port = free_port()  # two torchrun agents, as on two machines: node 0 is the rendezvous host
     agents = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={node}",
                                 "--nproc_per_node=1", "--master_addr=127.0.0.1", f"--master_port={port}",
                                 "stages/finetune.py"], cwd=project, env={**os.environ, **THREADS},
@@ -210,3 +206,38 @@ def test_a_rank_that_dies_fails_the_stage_and_keeps_the_previous_model(project):
     assert not [p for p in model.parent.iterdir() if p.name != "model.pt" and p.name.startswith("model")], \
         list(model.parent.iterdir())
     set_params(project, **{"finetune.processes": "auto", "finetune.epochs": 3})
+
+
+def test_a_killed_finetune_resumes_after_its_last_epoch_and_ends_with_the_same_model(project):
+    """tlpipe.train.resume: kill -9 after epoch 1, rerun: it goes on from the saved epoch, and the
+    model and figures are those of a run that was never interrupted."""
+    set_params(project, **{"finetune.strategy": "all", "finetune.processes": 1, "finetune.epochs": 8})
+    checkpoint = project / ".tlpipe" / "resume" / "finetune.pt"
+    reference = train(project)
+    assert not checkpoint.exists()  # removed once the stage succeeded
+    live = project / "live" / "finetune" / "metrics.json"
+    live.unlink()
+    proc = subprocess.Popen([sys.executable, "stages/finetune.py"], cwd=project, env={**os.environ, **THREADS},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline and proc.poll() is None:
+            if live.exists() and json.loads(live.read_text() or "{}").get("step", -1) >= 1:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "finetune ended before it could be killed"
+        proc.kill()
+        proc.wait(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert checkpoint.exists()
+    resumed = stage(project, [sys.executable, "stages/finetune.py"])
+    assert "resuming after epoch" in resumed.stdout, resumed.stdout[-2000:]
+    assert not checkpoint.exists()
+    (w1, m1), (w2, m2) = reference, (weights(project), finetune_metrics(project))
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+    assert {k: m1[k] for k in ("best_epoch", "epochs_run", "val_loss")} == {k: m2[k] for k in ("best_epoch", "epochs_run", "val_loss")}
+    steps = (project / "live" / "finetune" / "plots" / "metrics" / "training" / "val_loss.tsv").read_text().splitlines()
+    assert [line.split("\t")[0] for line in steps[1:]][-1] == "7"  # the curve goes on to the last epoch
+    set_params(project, **{"finetune.epochs": 3})

@@ -17,7 +17,7 @@ from sklearn.metrics import balanced_accuracy_score, cohen_kappa_score
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from tlpipe.distributed import SINGLE, Ranks, Replicas, share_weights, sum_over_ranks
+from tlpipe.distributed import SINGLE, Ranks, Replicas, share, share_weights, sum_over_ranks
 from tlpipe.errors import TlpipeError
 from tlpipe.model.backbones import Backbone, block_groups
 from tlpipe.model.classifier import AttentionHead, Classifier, make_head
@@ -30,6 +30,7 @@ from tlpipe.train.head import class_weights
 from tlpipe.train.loader import device_batches
 from tlpipe.train.lr_find import LrCurve, range_test
 from tlpipe.train.order import epoch_order
+from tlpipe.train.resume import Checkpoints, random_states, restore_random_states
 from tlpipe.train.strategy import set_trainable, trainable_blocks  # noqa: F401 - part of this module's interface
 
 HIGHER_IS_BETTER = {"val_loss": False, "val_accuracy": True, "val_balanced_accuracy": True, "val_quadratic_kappa": True,
@@ -208,10 +209,13 @@ def lr_range_test(model: Classifier, train: Split, cfg: dict, num_classes: int, 
 
 def fit(model: Classifier, train: Split, val: Split, cfg: dict, num_classes: int, device: torch.device,
         log: Callable[[str], None] = print, on_epoch: Callable[[dict], None] | None = None,
-        decision_metric: str | None = None, ranks: Ranks = SINGLE) -> FitResult:
+        decision_metric: str | None = None, ranks: Ranks = SINGLE, checkpoints: Checkpoints | None = None,
+        ) -> FitResult:
     """Train for `cfg['epochs']`, keeping the weights of the best epoch on `early_stop_metric`
     (`val_decision_metric`: `decision_metric` under a rule fitted on that epoch's validation).
-    `cfg['batch_size']` is the global batch: one and N processes (`ranks`) train the same model."""
+    `cfg['batch_size']` is the global batch: one and N processes (`ranks`) train the same model.
+    With `checkpoints` (tlpipe.train.resume) the state is saved after every epoch and a matching
+    saved state is resumed from."""
     if len(train.labels) == 0 or len(val.labels) == 0:
         raise TlpipeError("finetune: the train and val splits must both hold images.")
     generator = torch.Generator().manual_seed(cfg["seed"])
@@ -232,17 +236,29 @@ def fit(model: Classifier, train: Split, val: Split, cfg: dict, num_classes: int
         raise TlpipeError("finetune: early_stop_metric val_decision_metric needs evaluate.decision_metric.")
     decision = (decision_metric, train.labels) if decision_metric is not None else None
     result = FitResult(copy.deepcopy(model.state_dict()), best_epoch=-1)
-    best, since_best = None, 0
+    best, since_best, stopped, first_epoch, start_head = None, 0, False, 0, None
+    saved = share(checkpoints.load() if checkpoints is not None and ranks.is_main else None, ranks)
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        if average is not None:
+            average.load_state_dict(saved["average"])
+        restore_random_states(generator, saved["random"])
+        result = saved["result"]
+        best, since_best, stopped, start_head = saved["best"], saved["since_best"], saved["stopped"], saved["start_head"]
+        first_epoch = saved["epoch"] + 1
+        log(f"finetune: resuming after epoch {saved['epoch']} from {checkpoints.path} (same params and inputs)")
     # The frozen epochs train the probe head on augmented images with a smoothed loss, while the probe
     # was fitted (and its C and temperature chosen) on plain features: they can end worse than where
     # they started. The starting model is validated, and the frozen epochs are undone when they end
     # with a higher validation loss, so epoch 0 is never worse than the probe on validation.
     check_start = cfg["head_init"] == "probe" and 0 < cfg["freeze_epochs"] <= cfg["epochs"]
-    if check_start:
+    if check_start and saved is None:
         result.start = validate(validated, val, cfg, device, ranks=ranks)
         start_head = copy.deepcopy(model.head.state_dict())
         log(f"probe: val_loss {result.start['val_loss']:.4f} val_accuracy {result.start['val_accuracy']:.4f}")
-    for epoch in range(cfg["epochs"]):
+    for epoch in range(first_epoch, cfg["epochs"] if not stopped else 0):
         row = {"step": epoch, "lr": optimizer.param_groups[0]["lr"]}
         row |= train_one_epoch(model, train, optimizer, scheduler, loss_fn, augment, cfg, epoch, device, generator,
                                average, replicas, ranks)
@@ -255,8 +271,6 @@ def fit(model: Classifier, train: Split, val: Split, cfg: dict, num_classes: int
             row |= result.start
             result.kept_probe = True
         result.history.append(row)
-        if on_epoch is not None:  # the stage logs it live (tlpipe/train/live.py): DVC sees progress mid-run
-            on_epoch(row)
         improved = _is_better(metric, row[metric], best)
         log(f"epoch {epoch}: train_loss {row['train_loss']:.4f} val_loss {row['val_loss']:.4f} "
             f"val_accuracy {row['val_accuracy']:.4f}"
@@ -268,8 +282,16 @@ def fit(model: Classifier, train: Split, val: Split, cfg: dict, num_classes: int
             result.state_dict, result.best_epoch = copy.deepcopy(validated.state_dict()), epoch
         elif epoch >= cfg["freeze_epochs"]:  # the dip right after unfreezing is not a reason to stop
             since_best += 1
-            if cfg["patience"] and since_best >= cfg["patience"]:
-                log(f"early stop: no better {metric} for {since_best} epochs; keeping epoch {result.best_epoch}")
-                break
+            stopped = bool(cfg["patience"]) and since_best >= cfg["patience"]
+        if checkpoints is not None and ranks.is_main:
+            checkpoints.save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                              "scheduler": scheduler.state_dict(), "random": random_states(generator),
+                              "average": average.state_dict() if average is not None else None, "result": result,
+                              "best": best, "since_best": since_best, "stopped": stopped, "start_head": start_head})
+        if on_epoch is not None:  # the stage logs it live (tlpipe/train/live.py): DVC sees progress mid-run
+            on_epoch(row)
+        if stopped:
+            log(f"early stop: no better {metric} for {since_best} epochs; keeping epoch {result.best_epoch}")
+            break
     model.load_state_dict(result.state_dict)
     return result

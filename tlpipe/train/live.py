@@ -7,7 +7,8 @@ template, which `dvc plots show` draws, mid-run too). dvc.yaml declares these fi
 `dvcyaml=False`, so DVCLive never writes dvc.yaml, and `save_dvc_exp=False`, so it never makes
 an experiment of its own. The names sit under `training/` (columns `training.val_loss`, ...): they
 are the argmax figures of the latest epoch as training goes, not the headline of the kept model.
-Throughput and learning rate stay in the stage's log lines, out of the diffed metrics.
+Throughput and learning rate stay in the stage's log lines, out of the diffed metrics. A resumed
+run appends to the curves of the interrupted one.
 """
 
 from pathlib import Path
@@ -19,7 +20,7 @@ CURVES = ("train_loss", "val_loss", "val_accuracy", "val_balanced_accuracy", "va
 class EpochLogger:
     """`on_epoch` for tlpipe.train.finetune.fit: one DVCLive step per epoch."""
 
-    def __init__(self, directory: str | Path = LIVE_DIR):
+    def __init__(self, directory: str | Path = LIVE_DIR, resume: bool = False):
         from dvclive import Live
         from scmrepo.exceptions import SCMError
 
@@ -28,11 +29,12 @@ class EpochLogger:
                 self._dvc_repo = None
 
         try:
-            self.live = Live(str(directory), dvcyaml=False, save_dvc_exp=False, report=None)
+            self.live = Live(str(directory), dvcyaml=False, save_dvc_exp=False, report=None, resume=resume)
         except SCMError:  # `git init` + `dvc repro` before the first commit: log the files all the same
-            self.live = LiveWithoutGit(str(directory), dvcyaml=False, save_dvc_exp=False, report=None)
+            self.live = LiveWithoutGit(str(directory), dvcyaml=False, save_dvc_exp=False, report=None, resume=resume)
 
     def __call__(self, row: dict) -> None:
+        self.live.step = row["step"]  # the epoch: a resumed run (tlpipe.train.resume) goes on where it was
         for name in CURVES:
             if name in row:
                 self.live.log_metric(f"training/{name}", row[name])

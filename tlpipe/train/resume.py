@@ -1,0 +1,82 @@
+"""A resumable checkpoint of finetune, saved after every epoch, outside DVC's outputs.
+
+A killed stage (Ctrl-C, `kill -9`, a preempted GPU node) reruns from the last finished epoch
+instead of from scratch, and ends with the same model as an uninterrupted run: the checkpoint
+holds the model, optimizer, scheduler, weight average, the augmentation and global random states
+and the history, and the epoch order is a pure function of (seed, epoch) (tlpipe.train.order).
+
+It is only used when nothing that changes the result changed: its key hashes the resolved
+finetune settings (but the process count and device, which do not change the model), the backbone
+and the decision metric, and the name, size and modification time of every input file (DVC
+rewrites a changed input, so a new time means "maybe changed": the run starts over, the safe way).
+The file lives in .tlpipe/resume/ (ignored by Git and DVC) and is removed when the stage succeeds.
+"""
+
+import hashlib
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tlpipe.atomic import atomic_path
+
+RESUME_FILE = Path(".tlpipe/resume/finetune.pt")
+NOT_IN_KEY = ("processes", "device")   # they change speed, not the model
+
+
+def input_key(cfg: dict, p: dict, inputs=("data/cache", "data/features")) -> str:
+    """What the checkpoint must match: settings and input files (see the module's docstring)."""
+    settings = {"finetune": {k: v for k, v in cfg.items() if k not in NOT_IN_KEY}, "backbone": p["backbone"],
+                "decision_metric": p["evaluate"]["decision_metric"]}
+    files = []
+    for root in inputs:
+        for path in sorted(Path(root).rglob("*")):
+            if path.is_file():
+                stat = path.stat()
+                files.append([path.as_posix(), stat.st_size, stat.st_mtime_ns])
+    text = json.dumps({"settings": settings, "files": files}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def random_states(generator: torch.Generator) -> dict:
+    return {"augment": generator.get_state(), "torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+            "python": random.getstate()}
+
+
+def restore_random_states(generator: torch.Generator, states: dict) -> None:
+    generator.set_state(states["augment"])
+    torch.set_rng_state(states["torch"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+
+
+class Checkpoints:
+    """save() after each epoch (rank 0), load() at the start, clear() once the stage has succeeded."""
+
+    def __init__(self, key: str, path: Path = RESUME_FILE):
+        self.key, self.path = key, Path(path)
+
+    def save(self, state: dict) -> None:
+        with atomic_path(self.path) as tmp:
+            torch.save({"key": self.key, **state}, tmp)
+
+    def load(self) -> dict | None:
+        """The saved state when it matches this run's key, else None (a stale one is removed)."""
+        if not self.path.is_file():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=False)
+        except Exception:  # a checkpoint that cannot be read is no reason to fail: start over
+            state = None
+        if not isinstance(state, dict) or state.get("key") != self.key:
+            self.clear()
+            return None
+        return state
+
+    def resumable(self) -> bool:
+        return self.load() is not None
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
