@@ -78,12 +78,12 @@ def probe_head(backbone: Backbone, num_classes: int, cfg: dict, probe: Features 
     report = {"probe_C": chosen["C"], **({"probe_C_grid": chosen["C_grid"]} if "C_grid" in chosen else {})}
     if len(probe_val.labels):
         with torch.no_grad():
-            logits = head(torch.from_numpy(np.asarray(probe_val.values)).float())
+            logits = head(torch.from_numpy(np.array(probe_val.values, dtype=np.float32)))
         temperature = fit_temperature(logits, probe_val.labels)
         scale_linear(head, temperature)
         report |= {"probe_temperature": temperature,
                    "probe_val_loss_on_features": nn.functional.cross_entropy(
-                       logits / temperature, torch.from_numpy(np.asarray(probe_val.labels))).item()}
+                       logits / temperature, torch.from_numpy(np.array(probe_val.labels))).item()}
     return head, report
 
 
