@@ -154,8 +154,8 @@ class Replicas:
     DistributedDataParallel wrapper, built again whenever the set of trainable parameters changes
     (DDP only averages the gradients of what was trainable when it was built: kept across an
     unfreeze, the replicas would silently drift apart). Frozen BatchNorm layers (bn_policy freeze)
-    keep identical statistics on every rank; with bn_policy train they become SyncBatchNorm on GPUs,
-    and on CPUs (where SyncBatchNorm cannot run) every forward uses rank 0's running statistics."""
+    keep identical statistics on every rank; with bn_policy train every forward takes rank 0's
+    running statistics (DDP's buffer broadcast; SyncBatchNorm is not used: it cannot run on CPUs)."""
 
     def __init__(self, model: nn.Module, ranks: Ranks, device: torch.device):
         self.model, self.ranks, self.device = model, ranks, device
@@ -167,17 +167,10 @@ class Replicas:
         trainable = tuple(p.requires_grad for p in self.model.parameters())
         if trainable != self._trainable:
             self._wrapped = None  # the old wrapper's gradient hooks go with it
-            self._wrapped = DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                broadcast_buffers=True)
+            self._wrapped = DistributedDataParallel(   # buffers: rank 0's, at every forward (the default)
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             self._trainable = trainable
         return self._wrapped
-
-
-def sync_batchnorm_on_gpu(model: nn.Module, ranks: Ranks, device: torch.device) -> nn.Module:
-    if ranks.distributed and device.type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    return model
 
 
 def check_ranks_agree(model: nn.Module, ranks: Ranks) -> float:
