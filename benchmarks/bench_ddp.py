@@ -12,7 +12,6 @@ efficiency says what DDP's gradient exchange costs there; on a GPU machine each 
 """
 
 import argparse
-import json
 import os
 import platform
 import re

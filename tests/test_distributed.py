@@ -15,23 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from conftest import make_image_tree, run
+from test_pipeline import set_params
 
 # one worker runs them all (pyproject: --dist loadgroup), so the tiny project is built once
 pytestmark = [pytest.mark.slow, pytest.mark.distributed, pytest.mark.xdist_group("distributed")]
 TIMEOUT = 240   # seconds for any one multi-process run: a hang fails the test instead of CI
 THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-
-def set_params(project: Path, **changes) -> None:
-    path = project / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    for dotted, value in changes.items():
-        section, key = dotted.split(".")
-        params[section][key] = value
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def stage(project: Path, command: list[str], check: bool = True, **popen) -> subprocess.CompletedProcess:
