@@ -10,7 +10,8 @@ from tlpipe.data.cache import load_classes, load_head_inputs, load_split
 from tlpipe.model.decision import decide
 from tlpipe.model.inference import feature_probabilities, image_probabilities
 from tlpipe.model.modelfile import load_head, load_model
-from tlpipe.runtime import pick_device, tune_malloc
+from tlpipe.distributed import SINGLE, init, process_count
+from tlpipe.runtime import tune_malloc
 from tlpipe.stage import run, wall_s
 from tlpipe.use.ensemble import ensemble_report
 from tlpipe.use.metrics import classification_metrics, majority_baseline
@@ -36,7 +37,8 @@ def main() -> None:
     classes = load_classes("data/cache")
     head, head_meta = load_head("models/head.pt")
     finetuned, model_meta = load_model("models/model.pt")
-    device = pick_device(cfg["device"])
+    process_count(1, cfg["device"])  # on a shared GPU box: a GPU of its own (tlpipe.gpu_slots)
+    device = init(cfg["device"], SINGLE)
     _, train_labels, _ = load_split("data/cache", "train")
     report = {"baseline": {}, "head": {}, "finetune": {}}
     val_probs, seen = {}, {}

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from conftest import make_image_tree, run
-from test_pipeline import set_params
+from test_pipeline import ran_stages, set_params
 
 pytestmark = pytest.mark.slow
 
@@ -45,10 +45,13 @@ def test_compare_three_queued_experiments(dvc_project, tmp_path):
             "e-all": ["finetune.strategy=all", "finetune.epochs=2"]}
     for name, sets in grid.items():
         run(["dvc", "exp", "run", "--queue", "-n", name, *[arg for s in sets for arg in ("-S", s)]], project)
-    run(["dvc", "queue", "start", "-j", "1"], project)
+    run(["dvc", "queue", "start", "-j", "2"], project)  # two at once, as on a GPU box (tlpipe.gpu_slots)
     wait_for_queue(project)
     failed = run(["dvc", "queue", "status"], project).stdout
     assert "Failed" not in failed, failed + run(["dvc", "queue", "logs", "e-head"], project, check=False).stdout
+    for name in grid:  # each experiment reran only what its finetune.* params touch
+        log = run(["dvc", "queue", "logs", name], project).stdout
+        assert ran_stages(log) == ["finetune", "evaluate", "report", "summary"], (name, log[-3000:])
 
     result = run(["tlpipe", "compare", "--out", "cmp"], project)
     frame = pd.read_csv(project / "cmp" / "comparison.csv")

@@ -25,6 +25,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from tlpipe import gpu_slots
 from tlpipe.errors import TlpipeError
 from tlpipe.runtime import pick_device
 
@@ -57,12 +58,16 @@ def from_env() -> Ranks:
 
 
 def process_count(setting: int | str, device_setting: str) -> int:
-    """`processes: auto` is one per visible GPU, and one on a CPU."""
-    if setting != "auto":
-        return int(setting)
+    """`processes: auto` is one per GPU this job may use, and one on a CPU. On a GPU box where nobody
+    chose the GPUs (no CUDA_VISIBLE_DEVICES, not under the user's torchrun) they are claimed first,
+    so that concurrent jobs never share one (tlpipe.gpu_slots)."""
     if device_setting == "cpu" or not torch.cuda.is_available():
-        return 1
-    return max(1, torch.cuda.device_count())
+        return 1 if setting == "auto" else int(setting)
+    if "WORLD_SIZE" not in os.environ and "CUDA_VISIBLE_DEVICES" not in os.environ:
+        gpus = gpu_slots.claim(torch.cuda.device_count(), None if setting == "auto" else int(setting))
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpus)
+        return len(gpus)
+    return max(1, torch.cuda.device_count()) if setting == "auto" else int(setting)
 
 
 def relaunch(stage: str, processes: int) -> None:
@@ -95,6 +100,9 @@ def init(device_setting: str, ranks: Ranks) -> torch.device:
     """The device of this rank (GPU `local_rank` on a GPU node), with the process group joined."""
     device = pick_device(device_setting)
     if not ranks.distributed:
+        if device.type == "cuda" and gpu_slots.claimed():  # the slot this job claimed (process_count)
+            device = torch.device("cuda", gpu_slots.claimed()[0])
+            torch.cuda.set_device(device)
         return device
     if device.type == "cuda":
         device = torch.device("cuda", ranks.local_rank)
