@@ -1,7 +1,14 @@
 import io
+import os
 import shutil
 import subprocess
 from pathlib import Path
+
+# Under `pytest -n 2` each worker (and every stage it starts) computes on one thread: two workers
+# of two OpenMP threads each on a 2-core machine spend their time waiting for each other.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") != "1":
+    for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_name, "1")
 
 import numpy as np
 import pytest
