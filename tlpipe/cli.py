@@ -17,6 +17,8 @@ def check(args: argparse.Namespace) -> None:
 
 
 def preset(args: argparse.Namespace) -> None:
+    """Merge a preset's params into params.yaml, keeping its comments. Without NAME, list the
+    presets with their sources and the published figures they compete with."""
     if args.name is None:
         print("\n\n".join(presets.describe(name) for name in presets.names()))
         return
@@ -30,6 +32,11 @@ def preset(args: argparse.Namespace) -> None:
 
 
 def predict(args: argparse.Namespace) -> None:
+    """Classify image files, folders (searched recursively) and zip/tar archives with
+    models/model.pt alone. Writes one CSV row per readable image: path, predicted class,
+    probability per class; the predicted class is decided by the model's rule, fitted on
+    validation for evaluate.decision_metric (for two classes a threshold). Unreadable or
+    non-image files are listed with the reason, never fatal."""
     from tlpipe.model.decision import describe
     from tlpipe.use.predict import predict as run_predict
     from tlpipe.use.predictions import write_table
@@ -56,6 +63,9 @@ def skipped_csv_path(out: str) -> Path:
 
 
 def export(args: argparse.Namespace) -> None:
+    """Export models/model.pt as a model that maps (N, 3, H, W) RGB floats in [0, 1] to class
+    probabilities, check it against PyTorch on the test split (max difference 1e-4), and write
+    the preprocessing beside it as OUT.json."""
     from tlpipe.use.export import export as run_export
 
     sidecar = run_export(args.model, args.format, args.out, args.cache)
@@ -65,6 +75,9 @@ def export(args: argparse.Namespace) -> None:
 
 
 def lr_find(args: argparse.Namespace) -> None:
+    """The range test finetune runs with finetune.lr: auto (the same model, data, seed and
+    finetune.lr_find_* settings, so the same curve), shown as text and written as JSON; needs
+    data/cache and data/features (dvc repro extract-features)."""
     from tlpipe.atomic import write_json
     from tlpipe.runtime import pick_device, seed_everything, tune_malloc
     from tlpipe.train.lr_find import text_chart
@@ -81,6 +94,11 @@ def lr_find(args: argparse.Namespace) -> None:
 
 
 def compare(args: argparse.Namespace) -> None:
+    """Without REV: every experiment of the current commit (`dvc exp show --json`). Each row:
+    backbone, strategy, head, size, epochs, lr against the fine-tuned model's validation and
+    test accuracy, balanced accuracy, log loss, macro precision/recall/F1, kappa, ROC AUC, and
+    the wall times of train-head and finetune, read from the metrics files of that revision.
+    Writes OUT/comparison.md, .csv and a bar chart .png."""
     from tlpipe.use.compare import markdown, table, write
 
     frame = table(args.revisions)
@@ -90,6 +108,9 @@ def compare(args: argparse.Namespace) -> None:
 
 
 def plots_template(args: argparse.Namespace) -> None:
+    """Write the HTML page template that `dvc plots show` fills (named in .dvc/config as
+    plots.html_template), with vega, vega-lite and vega-embed inline from vl-convert-python, so
+    plots render with no network."""
     from tlpipe.use.offline_html import versions, write_template
 
     path = write_template(Path(args.out))
@@ -117,9 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True)
 
-    def verb(name, func, help_text, description=None, **arguments) -> argparse.ArgumentParser:
-        """A verb whose options are `flag=(default, help)` pairs ('--' and '-' derived from the name)."""
-        sub = verbs.add_parser(name, help=help_text, description=description)
+    def verb(name, func, help_text, **arguments) -> argparse.ArgumentParser:
+        """A verb described by its function's docstring, whose options are `flag=(default, help)` pairs
+        ('--' and '-' derived from the name)."""
+        sub = verbs.add_parser(name, help=help_text, description=func.__doc__ and " ".join(func.__doc__.split()))
         sub.set_defaults(func=func)
         for option, (default, option_help) in arguments.items():
             sub.add_argument("--" + option.replace("_", "-"), default=default,
@@ -130,8 +152,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     preset_parser = verb(
         "preset", preset, "apply a named data set preset to params.yaml (no NAME: list them)",
-        "Merge a preset's params into params.yaml, keeping its comments. Without NAME, list the presets "
-        "with their sources and the published figures they compete with.",
         source=(None, "data.source to use instead of the preset's Kaggle one, e.g. path:/data/chest-xray-pneumonia.zip"),
         params=("params.yaml", "params file"))
     preset_parser.add_argument("name", nargs="?", metavar="NAME", help=f"one of: {', '.join(presets.names())}")
@@ -140,10 +160,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict_parser = verb(
         "predict", predict, "classify new images with a trained model",
-        "Classify image files, folders (searched recursively) and zip/tar archives with models/model.pt "
-        "alone. Writes one CSV row per readable image: path, predicted class, probability per class; the "
-        "predicted class is decided by the model's rule, fitted on validation for evaluate.decision_metric "
-        "(for two classes a threshold). Unreadable or non-image files are listed with the reason, never fatal.",
         model=("models/model.pt", "model file"),
         out=("predictions.csv", "CSV to write; skipped files go to OUT.skipped.csv"))
     predict_parser.add_argument("paths", nargs="+", metavar="PATH", help="image file, folder or zip/tar archive")
@@ -155,34 +171,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     export_parser = verb(
         "export", export, "export the model to TorchScript or ONNX",
-        "Export models/model.pt as a model that maps (N, 3, H, W) RGB floats in [0, 1] to class "
-        "probabilities, check it against PyTorch on the test split (max difference 1e-4), and write the "
-        "preprocessing beside it as OUT.json.",
         model=("models/model.pt", "model file"),
         out=(None, "output file (default: models/model.torchscript.pt or models/model.onnx)"),
         cache=("data/cache", "cache folder whose test split is used for the check"))
     export_parser.add_argument("--format", required=True, choices=("torchscript", "onnx"))
 
     verb("lr-find", lr_find, "run the learning-rate range test and show its curve, without training",
-         "The range test finetune runs with finetune.lr: auto (the same model, data, seed and "
-         "finetune.lr_find_* settings, so the same curve), shown as text and written as JSON; needs "
-         "data/cache and data/features (dvc repro extract-features).",
          params=("params.yaml", "params file"), out=("lr_find.json", "curve to write"))
 
     compare_parser = verb(
         "compare", compare, "one table of experiments (or branches/commits): params against val/test metrics",
-        "Without REV: every experiment of the current commit (`dvc exp show --json`). Each row: backbone, "
-        "strategy, head, size, epochs, lr against the fine-tuned model's validation and test accuracy, "
-        "balanced accuracy, log loss, macro precision/recall/F1, kappa, ROC AUC, and the wall times of "
-        "train-head and finetune, read from the metrics files of that revision. Writes OUT/comparison.md, "
-        ".csv and a bar chart .png.",
         out=("comparison", "folder to write to"))
     compare_parser.add_argument("revisions", nargs="*", metavar="REV", help="branches, tags, commits or experiment names")
 
     verb("plots-template", plots_template, "write the offline HTML template of `dvc plots show`",
-         "Write the HTML page template that `dvc plots show` fills (named in .dvc/config as "
-         "plots.html_template), with vega, vega-lite and vega-embed inline from vl-convert-python, so "
-         "plots render with no network.",
          out=(".dvc/plots/offline.html", "file to write"))
     return parser
 
