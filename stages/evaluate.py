@@ -10,7 +10,7 @@ from tlpipe.data.cache import load_classes, load_head_inputs, load_split
 from tlpipe.model.decision import decide
 from tlpipe.model.inference import feature_probabilities, image_probabilities
 from tlpipe.model.modelfile import load_head, load_model
-from tlpipe.distributed import SINGLE, init, process_count
+from tlpipe.distributed import finish, from_env, init, process_count, relaunch
 from tlpipe.runtime import tune_malloc
 from tlpipe.stage import run, wall_s
 from tlpipe.use.ensemble import ensemble_report
@@ -34,11 +34,19 @@ def _summary(metrics: dict, rule: dict | None) -> str:
 def main() -> None:
     tune_malloc()
     cfg = params.load()["evaluate"]
+    relaunch("evaluate", process_count(cfg["processes"], cfg["device"]))  # under torchrun, when asked
+    ranks = from_env()
+    device = init(cfg["device"], ranks)
     classes = load_classes("data/cache")
     head, head_meta = load_head("models/head.pt")
     finetuned, model_meta = load_model("models/model.pt")
-    process_count(1, cfg["device"])  # on a shared GPU box: a GPU of its own (tlpipe.gpu_slots)
-    device = init(cfg["device"], SINGLE)
+    if not ranks.is_main:  # the other ranks compute their share of the fine-tuned model's predictions
+        for split in ("val", "test"):
+            images = load_split("data/cache", split)[0]
+            image_probabilities(finetuned, images, cfg["batch_size"], device, cfg["flip_tta"], ranks)
+            if cfg["ensemble"] and not cfg["flip_tta"]:
+                image_probabilities(finetuned, images, cfg["batch_size"], device, True, ranks)
+        return finish(ranks)
     _, train_labels, _ = load_split("data/cache", "train")
     report = {"baseline": {}, "head": {}, "finetune": {}}
     val_probs, seen = {}, {}
@@ -47,11 +55,12 @@ def main() -> None:
         images, labels, index = load_split("data/cache", split)
         report["baseline"][split] = majority_baseline(train_labels, labels, len(classes))
         probs = {"head": feature_probabilities(head, load_head_inputs("data/features", split, head_meta["head"])),
-                 "finetune": image_probabilities(finetuned, images, cfg["batch_size"], device, cfg["flip_tta"])}
+                 "finetune": image_probabilities(finetuned, images, cfg["batch_size"], device, cfg["flip_tta"], ranks)}
         if cfg["ensemble"]:
             seen[split] = (labels, dict(probs))
             if not cfg["flip_tta"]:
-                seen[split][1]["finetune+flip"] = image_probabilities(finetuned, images, cfg["batch_size"], device, True)
+                seen[split][1]["finetune+flip"] = image_probabilities(finetuned, images, cfg["batch_size"], device,
+                                                                      True, ranks)
         if split == "val":
             val_probs = probs
         elif cfg["prior_shift"]:  # opt-in: the test batch's class mix re-estimated without its labels
@@ -68,6 +77,7 @@ def main() -> None:
                         f"data/predictions/{model_name}_{split}.csv")
         write_json(f"plots/evaluate/roc_{split}.json", roc_rows(labels, probs["finetune"]))
         write_json(f"plots/evaluate/pr_{split}.json", pr_rows(labels, probs["finetune"]))
+    finish(ranks)
     if cfg["ensemble"]:
         report["ensemble"] = ensemble_report(seen, classes)
     write_json("metrics/evaluate.json", report | {"wall_s": wall_s()})

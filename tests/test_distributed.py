@@ -168,6 +168,20 @@ def test_extract_features_on_two_processes_gives_the_same_rows(project):
         assert (np.load(features / f"{split}_labels.npy") == labels).all()
 
 
+def test_evaluate_on_two_processes_gives_the_same_metrics(project):
+    run(["dvc", "repro", "evaluate"], project)
+    stage(project, [sys.executable, "stages/evaluate.py"])  # one process, on the threads the ranks get
+    one = json.loads((project / "metrics" / "evaluate.json").read_text())
+    set_params(project, **{"evaluate.processes": 2})
+    try:
+        stage(project, [sys.executable, "stages/evaluate.py"])
+    finally:
+        set_params(project, **{"evaluate.processes": "auto"})
+    two = json.loads((project / "metrics" / "evaluate.json").read_text())
+    one.pop("wall_s"), two.pop("wall_s")
+    assert json.dumps(one, sort_keys=True) == json.dumps(two, sort_keys=True)
+
+
 def _rank_pid(parent: int, rank: str) -> int | None:
     """The process under `parent` whose environment says RANK=`rank` (a torchrun worker)."""
     for proc in Path("/proc").iterdir():

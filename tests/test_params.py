@@ -54,4 +54,4 @@ def test_every_param_is_declared_in_dvc_yaml():
     not_declared = {f"{s}.{k}" for s, keys in params.SCHEMA.items() for k in keys} - declared
     # Worker and process counts and devices change speed, never results (tests/test_distributed.py).
     assert not_declared == {"resize.workers", "features.device", "evaluate.device", "features.processes",
-                            "finetune.processes"}
+                            "finetune.processes", "evaluate.processes"}

@@ -144,7 +144,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "decision_metric": Spec(str, choices=("accuracy", "balanced_accuracy", "macro_f1", "quadratic_kappa", "youden")),
         "batch_size": POSITIVE_INT,
         "flip_tta": BOOL,
-        "device": Spec(str, choices=("auto", "cpu", "cuda")),
+        "device": Spec(str, choices=("auto", "cpu", "cuda")), "processes": Spec(int, min=1, auto=True),
         "confusion_max_rows": NON_NEGATIVE_INT,
         "prior_shift": BOOL, "ensemble": BOOL,  # opt-in figures next to the plain ones
     },

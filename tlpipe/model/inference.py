@@ -30,9 +30,10 @@ def predict_logits(model: nn.Module, images: np.ndarray, batch_size: int, device
 
 
 def image_probabilities(model: nn.Module, images: np.ndarray, batch_size: int, device: torch.device,
-                        flip_tta: bool = False) -> np.ndarray:
-    """Class probabilities (float64) of cached images."""
-    return torch.softmax(predict_logits(model, images, batch_size, device, flip_tta=flip_tta), 1).double().numpy()
+                        flip_tta: bool = False, ranks: Ranks = SINGLE) -> np.ndarray:
+    """Class probabilities (float64) of cached images (under several processes: see predict_logits)."""
+    return torch.softmax(predict_logits(model, images, batch_size, device, flip_tta=flip_tta, ranks=ranks),
+                         1).double().numpy()
 
 
 @torch.no_grad()
