@@ -138,17 +138,17 @@ def train_one_epoch(model: Classifier, data: Split, optimizer, scheduler, loss_f
         if not torch.isfinite(loss):
             raise TlpipeError(f"finetune: the loss became {loss.item()} at epoch {epoch}, batch {step}. "
                               f"Lower finetune.lr (now {cfg['lr']}) or check the input images.")
-        share = 1.0  # of the global batch's loss: DDP averages the ranks' gradients, each rank's mean weighs its share
+        loss_share = 1.0  # of the global batch's loss: DDP averages the ranks' gradients, each rank's mean weighs its share
         if ranks.distributed:
             weight = _batch_weight(y, loss_fn)
-            share = float(weight / sum_over_ranks(weight.clone(), ranks))
+            loss_share = float(weight / sum_over_ranks(weight.clone(), ranks))
         optimizer.zero_grad(set_to_none=True)
-        (loss * (share * ranks.world) if ranks.distributed else loss).backward()
+        (loss * (loss_share * ranks.world) if ranks.distributed else loss).backward()
         optimizer.step()
         scheduler.step()
         if average is not None:
             average.update_parameters(model)
-        total_loss += loss.item() * share * batch_total
+        total_loss += loss.item() * loss_share * batch_total
         seen += len(y)
     elapsed = time.perf_counter() - start
     total_loss, seen = sum_over_ranks(torch.tensor([total_loss, seen], dtype=torch.float64), ranks).tolist()

@@ -57,6 +57,7 @@ class Checkpoints:
 
     def __init__(self, key: str, path: Path = RESUME_FILE):
         self.key, self.path = key, Path(path)
+        self._loaded: dict | None = None   # read once: a checkpoint can be hundreds of MB
 
     def save(self, state: dict) -> None:
         with atomic_path(self.path) as tmp:
@@ -64,6 +65,8 @@ class Checkpoints:
 
     def load(self) -> dict | None:
         """The saved state when it matches this run's key, else None (a stale one is removed)."""
+        if self._loaded is not None:
+            return self._loaded
         if not self.path.is_file():
             return None
         try:
@@ -73,10 +76,12 @@ class Checkpoints:
         if not isinstance(state, dict) or state.get("key") != self.key:
             self.clear()
             return None
+        self._loaded = state
         return state
 
     def resumable(self) -> bool:
         return self.load() is not None
 
     def clear(self) -> None:
+        self._loaded = None
         self.path.unlink(missing_ok=True)
