@@ -255,7 +255,7 @@ def fit(model: Classifier, train: Split, val: Split, cfg: dict, num_classes: int
     # with a higher validation loss, so epoch 0 is never worse than the probe on validation.
     check_start = cfg["head_init"] == "probe" and 0 < cfg["freeze_epochs"] <= cfg["epochs"]
     if check_start and saved is None:
-        result.start = validate(validated, val, cfg, device, ranks=ranks)
+        result.start = validate(validated, val, cfg, device, decision, ranks)
         start_head = copy.deepcopy(model.head.state_dict())
         log(f"probe: val_loss {result.start['val_loss']:.4f} val_accuracy {result.start['val_accuracy']:.4f}")
     for epoch in range(first_epoch, cfg["epochs"] if not stopped else 0):
