@@ -53,13 +53,15 @@ def test_best_checkpoint_is_kept_not_the_last(monkeypatch):
     assert any(not torch.equal(snapshots[1][k], snapshots[3][k]) for k in snapshots[1])
 
 
-def test_early_stopping_after_patience(monkeypatch):
+def test_early_stopping_after_patience_counted_past_the_rate_peak(monkeypatch):
+    """10 epochs: the one-cycle rate peaks in epoch 3 (30%), so epochs 0-3 never count towards
+    patience; with a validation loss that only rises, patience 2 stops after epochs 4 and 5."""
     model, _ = tiny_model()
-    scripted = iter([0.5, 0.6, 0.7, 0.8, 0.9])
+    scripted = iter([0.5 + 0.1 * i for i in range(10)])
     monkeypatch.setattr(ft, "validate", lambda *a: {"val_loss": next(scripted), "val_accuracy": 0, "val_balanced_accuracy": 0})
-    result = ft.fit(model, tiny_data(16, 0), tiny_data(8, 1), tiny_cfg(epochs=5, patience=2), 2,
+    result = ft.fit(model, tiny_data(16, 0), tiny_data(8, 1), tiny_cfg(epochs=10, patience=2), 2,
                     torch.device("cpu"), log=lambda _: None)
-    assert len(result.history) == 3 and result.best_epoch == 0
+    assert len(result.history) == 6 and result.best_epoch == 0
 
 
 def test_nan_loss_stops_with_a_clear_message():

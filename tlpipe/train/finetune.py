@@ -7,6 +7,7 @@ the stage logs and saves on rank 0 alone.
 """
 
 import copy
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from tlpipe.train.order import epoch_order
 from tlpipe.train.resume import Checkpoints, random_states, restore_random_states
 from tlpipe.train.strategy import set_trainable, trainable_blocks  # noqa: F401 - part of this module's interface
 
+WARMUP_SHARE = 0.3  # of the one-cycle schedule spent raising the rate (torch's default)
 HIGHER_IS_BETTER = {"val_loss": False, "val_accuracy": True, "val_balanced_accuracy": True, "val_quadratic_kappa": True,
                     "val_decision_metric": True}
 
@@ -225,7 +227,11 @@ def fit(model: Classifier, train: Split, val: Split, cfg: dict, num_classes: int
     optimizer = torch.optim.AdamW(groups, weight_decay=cfg["weight_decay"])
     steps_per_epoch = -(-len(train.labels) // cfg["batch_size"])
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=[g["lr"] for g in groups], total_steps=max(1, cfg["epochs"] * steps_per_epoch))
+        optimizer, max_lr=[g["lr"] for g in groups], total_steps=max(1, cfg["epochs"] * steps_per_epoch),
+        pct_start=WARMUP_SHARE)
+    # Validation dips while the rate rises (and right after unfreezing): those epochs are no reason to
+    # stop; patience counts from the first epoch after the peak.
+    first_counted = max(cfg["freeze_epochs"], math.floor(WARMUP_SHARE * cfg["epochs"]) + 1)
     # An exponential moving average of the weights (ema_decay > 0) is what gets validated and kept:
     # averaged weights sit in flatter minima and tend to carry better to shifted test data.
     average = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg["ema_decay"]), use_buffers=True)
@@ -280,7 +286,7 @@ def fit(model: Classifier, train: Split, val: Split, cfg: dict, num_classes: int
         if improved:
             best, since_best = row[metric], 0
             result.state_dict, result.best_epoch = copy.deepcopy(validated.state_dict()), epoch
-        elif epoch >= cfg["freeze_epochs"]:  # the dip right after unfreezing is not a reason to stop
+        elif epoch >= first_counted:
             since_best += 1
             stopped = bool(cfg["patience"]) and since_best >= cfg["patience"]
         if checkpoints is not None and ranks.is_main:
