@@ -33,12 +33,16 @@ def checkout(work: Path) -> Path:
     return project
 
 
-def apply_params(project: Path, data: Path, overrides: list[str]) -> None:
+def apply_params(project: Path, data: Path, overrides: list[str], recipe: str = "preset") -> None:
+    """`preset`: the chest X-ray preset; `default`: params.yaml as shipped, only `data.source` set."""
     def tlpipe(*args):
         subprocess.run([sys.executable, "-m", "tlpipe.cli", *args], cwd=project, check=True,
                        env=env(project), stdout=subprocess.DEVNULL)
 
-    tlpipe("preset", "chest-xray-pneumonia", "--source", f"path:{data}")
+    if recipe == "preset":
+        tlpipe("preset", "chest-xray-pneumonia", "--source", f"path:{data}")
+    else:
+        overrides = [f"data.source=path:{data}", *overrides]
     if overrides:
         from ruamel.yaml import YAML
 
@@ -65,15 +69,31 @@ def row(name: str, split: dict) -> str:
     return f"| {name} | " + " | ".join(cells) + " |"
 
 
+def argmax_and_rule_table(metrics: dict) -> str:
+    """Accuracy, balanced accuracy and macro F1 of both models on val and test, under argmax and
+    under the decision rule fitted on validation (metrics/evaluate.json), as Markdown."""
+    lines = ["\n| model | split | rule fitted for | accuracy argmax / rule | balanced acc. argmax / rule | "
+             "macro F1 argmax / rule | log loss |", "|---|---|---|---|---|---|---|"]
+    for key in ("head", "finetune"):
+        for name in ("val", "test"):
+            m = metrics[key][name]
+            cells = [f"{m['argmax'][c]:.3f} / {m[c]:.3f}" for c in ("accuracy", "balanced_accuracy", "macro_f1")]
+            lines.append(f"| {key} | {name} | {m['rule'].get('fitted_for', '')} | " + " | ".join(cells)
+                         + f" | {m['log_loss']:.3f} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--recipe", choices=("preset", "default"), default="preset",
+                   help="preset: the chest-xray-pneumonia preset; default: params.yaml as shipped (a new user's first run)")
     args = p.parse_args()
     if args.quick:
         args.overrides.append("finetune.epochs=2")
     data = common.check_data(args.data)
     project = checkout(args.work)
-    apply_params(project, data, args.overrides)
+    apply_params(project, data, args.overrides, args.recipe)
 
     start = time.perf_counter()
     subprocess.run(["dvc", "repro", "--quiet"], cwd=project, check=True, env=env(project))
@@ -83,7 +103,7 @@ def main() -> int:
     fit = json.loads((project / "metrics" / "finetune.json").read_text())
     print(f"\nchest X-ray pneumonia, official test split (n={metrics['finetune']['test']['n']}), "
           f"threshold fitted on validation for {metrics['finetune']['test']['rule']['fitted_for']}; {common.machine()}")
-    print(f"dvc repro: {minutes:.1f} min; finetune best epoch {fit['best_epoch']} of {fit['epochs_run']}"
+    print(f"recipe {args.recipe}; dvc repro: {minutes:.1f} min; finetune best epoch {fit['best_epoch']} of {fit['epochs_run']}"
           + (f"; overrides: {' '.join(args.overrides)}" if args.overrides else ""))
     print("\n| model | accuracy | balanced acc. | sensitivity | specificity | ROC AUC | threshold |")
     print("|---|---|---|---|---|---|---|")
@@ -91,6 +111,7 @@ def main() -> int:
                       ("fine-tuned", "finetune")):
         print(row(f"{name}, validation", metrics[key]["val"]))
         print(row(f"{name}, **test**", metrics[key]["test"]))
+    print(argmax_and_rule_table(metrics))
     return 0
 
 

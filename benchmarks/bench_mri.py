@@ -68,13 +68,7 @@ def main() -> int:
     print(f"chosen on validation: head {head.get('chosen_on_val')}; finetune "
           f"{ {k: v for k, v in fit.get('chosen_on_val', {}).items() if not k.endswith('grid')} }; "
           f"best epoch {fit['best_epoch']} of {fit['epochs_run']}")
-    print("\n| model | split | accuracy | balanced acc. | macro F1 | log loss |")
-    print("|---|---|---|---|---|---|")
-    for key in ("head", "finetune"):
-        for name in ("val", "test"):
-            m = metrics[key][name]
-            print(f"| {key} | {name} | {m['accuracy']:.3f} | {m['balanced_accuracy']:.3f} | {m['f1_macro']:.3f} | "
-                  f"{m['log_loss']:.3f} |")
+    print(bench_chest.argmax_and_rule_table(metrics))
     return 0
 
 
