@@ -74,7 +74,8 @@ def test_first_validation_loss_is_never_worse_than_the_probe(lr):
     head, chosen = ft.probe_head(backbone, 2, cfg, *feats)
     assert chosen["probe_C"] in C_GRID and chosen["probe_temperature"] > 0
     model = ft.build_model(backbone, 2, cfg, head=head)
-    result = ft.fit(model, train, val, cfg, 2, torch.device("cpu"), log=lambda _: None)
+    result = ft.fit(model, train, val, cfg, 2, torch.device("cpu"), log=lambda _: None,
+                    decision_metric="balanced_accuracy")
     assert result.start["val_loss"] == pytest.approx(chosen["probe_val_loss_on_features"], abs=1e-3)
     assert result.history[0]["val_loss"] <= result.start["val_loss"] + 1e-9
     if lr == 0.3:

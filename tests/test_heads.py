@@ -114,7 +114,7 @@ def test_finetune_with_attention_head_saves_a_model_that_rebuilds_from_model_pt(
     cfg = default_params()["finetune"] | {"epochs": 1, "freeze_epochs": 0, "batch_size": 8, "device": "cpu",
                                           "head": "attention", "patience": 0, "probe_C": 0.1}
     model = ft.build_model(backbone, 2, cfg, probe)
-    ft.fit(model, train, train, cfg, 2, torch.device("cpu"), log=lambda _: None)
+    ft.fit(model, train, train, cfg, 2, torch.device("cpu"), log=lambda _: None, decision_metric="balanced_accuracy")
     preprocess = {"size": 64, "mode": "squash", "contrast": "none"}
     torch.save(model_checkpoint(model, "efficientnet_lite0", ["x", "y"], preprocess, cfg, 0), tmp_path / "model.pt")
     loaded, meta = load_model(tmp_path / "model.pt")

@@ -459,7 +459,7 @@ def test_one_image_last_batch_trains_with_batchnorm_updating():
     images = rng.integers(0, 255, size=(17, 32, 32, 3), dtype=np.uint8)  # 8 + 8 + 1
     labels = (np.arange(17) % 2).astype(np.int64)
     result = ft.fit(model, ft.Split(images, labels), ft.Split(images[:4], labels[:4]), cfg, 2, torch.device("cpu"),
-                    log=lambda _: None)
+                    log=lambda _: None, decision_metric="balanced_accuracy")
     assert len(result.history) == 1
 
 

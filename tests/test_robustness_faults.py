@@ -170,7 +170,8 @@ def test_infinite_loss_stops_finetune_naming_the_epoch_and_a_lower_rate():
     model.head = InfiniteLossAfter(model.head, calls=2)  # 16 images in batches of 8: epoch 0 is fine
     cfg = default_params()["finetune"] | FIT_CFG | {"freeze_epochs": 2}  # a frozen body trains in no time
     with pytest.raises(TlpipeError, match=r"loss became (inf|nan) at epoch 1, batch 0.*Lower finetune.lr"):
-        ft.fit(model, tiny_split(16, 0), tiny_split(8, 1), cfg, 2, torch.device("cpu"), log=lambda _: None)
+        ft.fit(model, tiny_split(16, 0), tiny_split(8, 1), cfg, 2, torch.device("cpu"), log=lambda _: None,
+               decision_metric="balanced_accuracy")
 
 
 class RunsCode:

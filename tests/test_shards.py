@@ -172,7 +172,8 @@ def test_sharded_cache_gives_the_same_features_head_and_finetuned_model(two_cach
         torch.manual_seed(0)
         model = build_model(create_backbone("efficientnet_lite0", "none"), 3, cfg,
                             Features(features["train"], splits["train"][1]))
-        result = fit(model, Split(*splits["train"]), Split(*splits["val"]), cfg, 3, cpu, log=lambda _: None)
+        result = fit(model, Split(*splits["train"]), Split(*splits["val"]), cfg, 3, cpu, log=lambda _: None,
+                     decision_metric="balanced_accuracy")
         logits = predict_logits(model, splits["val"][0], 32, cpu)
         runs.append((features, head, result, logits))
     (f1, h1, r1, l1), (f2, h2, r2, l2) = runs

@@ -107,6 +107,28 @@ def compare(args: argparse.Namespace) -> None:
     print(f"compare: {len(frame)} runs -> {paths['markdown']}, {paths['csv']}, {paths['chart']}")
 
 
+def tune(args: argparse.Namespace) -> None:
+    """A validation-only search: every point of the grid (--space KEY=V1,V2 ..., default
+    finetune.aug_scale_min=0.35,0.8 finetune.epochs=8,12 finetune.lr=0.001,auto) is queued as a DVC
+    experiment of the finetune stage alone, so the test split is never read; the queue runs them,
+    each is scored by its fine-tuned model's validation figure (--metric, from its
+    metrics/finetune.json), and the table and the best point are written to OUT; --apply writes the
+    best point's values into params.yaml, then `dvc repro` trains and evaluates it."""
+    from tlpipe.params_yaml import merge_values
+    from tlpipe.train.tune import DEFAULT_SPACE, parse_space, search, table, write
+
+    space = parse_space(args.space) if args.space else DEFAULT_SPACE
+    points, winner = search(space, args.metric, args.jobs)
+    print(table(points, winner, args.metric), end="")
+    path = write(points, winner, args.metric, Path(args.out))
+    print(f"tune: best {winner.name} ({' '.join(f'{k}={v}' for k, v in winner.values.items())}), "
+          f"{args.metric} {winner.score:.4f} on validation -> {path}")
+    if args.apply:
+        changed = merge_values(winner.values, "params.yaml", f"tune's best point {winner.name}")
+        print(f"tune: params.yaml: {', '.join(f'{k} {old} -> {new}' for k, (old, new) in changed.items()) or 'unchanged'}"
+              "; `dvc repro` trains and evaluates it.")
+
+
 def plots_template(args: argparse.Namespace) -> None:
     """Write the HTML page template that `dvc plots show` fills (named in .dvc/config as
     plots.html_template), with vega, vega-lite and vega-embed inline from vl-convert-python, so
@@ -183,6 +205,16 @@ def build_parser() -> argparse.ArgumentParser:
         "compare", compare, "one table of experiments (or branches/commits): params against val/test metrics",
         out=("comparison", "folder to write to"))
     compare_parser.add_argument("revisions", nargs="*", metavar="REV", help="branches, tags, commits or experiment names")
+
+    tune_parser = verb(
+        "tune", tune, "search a small space of the recipe on validation alone, as DVC experiments",
+        metric=("val_decision_metric", "validation figure of metrics/finetune.json to rank by "
+                "(val_decision_metric, val_balanced_accuracy, val_accuracy, val_loss)"),
+        out=("tune/tune.json", "table and best point to write"))
+    tune_parser.add_argument("--space", action="append", metavar="KEY=V1,V2",
+                             help="one axis of the grid (repeat for more); default: augmentation, epochs, lr")
+    tune_parser.add_argument("--jobs", type=positive_int, default=1, help=_default("experiments run at once"))
+    tune_parser.add_argument("--apply", action="store_true", help="write the best point's values into params.yaml")
 
     verb("plots-template", plots_template, "write the offline HTML template of `dvc plots show`",
          out=(".dvc/plots/offline.html", "file to write"))

@@ -5,16 +5,13 @@
 """
 
 import difflib
-import io
 from importlib import resources
 from pathlib import Path
 
 import yaml
-from ruamel.yaml import YAML
 
-from tlpipe import params
-from tlpipe.atomic import atomic_path
 from tlpipe.errors import TlpipeError
+from tlpipe.params_yaml import merge_values
 
 
 def names() -> list[str]:
@@ -40,36 +37,9 @@ def overlay(name: str, source: str | None = None) -> dict[str, object]:
     return flat
 
 
-def _round_trip_yaml() -> YAML:
-    rt = YAML()
-    rt.preserve_quotes = True
-    rt.width = 4096
-    rt.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
-    return rt
-
-
 def apply(name: str, params_path: str | Path = "params.yaml", source: str | None = None) -> dict[str, tuple]:
     """Merge the preset into params.yaml (comments kept), validated first; returns {key: (old, new)}."""
-    params_path = Path(params_path)
-    rt = _round_trip_yaml()
-    document = rt.load(params_path.read_text())
-    changes = {}
-    for dotted, value in overlay(name, source).items():
-        section, key = dotted.split(".")
-        if section not in document or key not in document[section]:
-            raise TlpipeError(f"preset '{name}' sets '{dotted}', which {params_path} does not have; "
-                              "update params.yaml from the project's template.")
-        if document[section][key] != value:
-            changes[dotted] = (document[section][key], value)
-            document[section][key] = value
-    text = io.StringIO()
-    rt.dump(document, text)
-    where = f"{params_path} with preset '{name}'"
-    params.validate(params.parse(text.getvalue(), where), where)
-    with atomic_path(params_path) as tmp:
-        tmp.write_text(text.getvalue())
-        tmp.chmod(params_path.stat().st_mode)
-    return changes
+    return merge_values(overlay(name, source), params_path, f"preset '{name}'")
 
 
 def set_args(name: str, source: str | None = None) -> list[str]:

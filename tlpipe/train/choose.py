@@ -49,7 +49,8 @@ def choose_logreg(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.nda
                   C: float | str, balanced: bool, seed: int) -> tuple[nn.Linear, dict]:
     """L2 logistic regression on standardised features at `C`, or with C: 'auto' the C of C_GRID
     with the lowest validation log loss (fitted on the training split only). Returns the head and
-    a report: the C used and, for 'auto', the validation log loss of every C tried."""
+    a report: the C used, for 'auto' the validation log loss of every C tried, and the training and
+    validation loss at each C (C_path)."""
     if C == "auto" and not len(y_val):
         raise TlpipeError("C: auto chooses C on validation features, and none were given; set a number instead.")
     scaler = StandardScaler().fit(x)
@@ -59,13 +60,15 @@ def choose_logreg(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.nda
     # warm_start: each C starts from the previous solution, so the path costs little more than one fit
     model = LogisticRegression(max_iter=3000, class_weight="balanced" if balanced else None,
                                random_state=seed, warm_start=True)
-    tried, best, since_best = {}, None, 0
+    tried, path, best, since_best = {}, [], None, 0
     labels = list(range(num_classes))
     for value in grid:
         model.set_params(C=value)
         model.fit(xs, y)
         loss = float(log_loss(y_val, _full_proba(model, xvs, num_classes), labels=labels)) if len(y_val) else 0.0
         tried[value] = loss
+        path.append({"C": value, "train_loss": float(log_loss(y, _full_proba(model, xs, num_classes), labels=labels)),
+                     "val_loss": loss})
         if best is None or loss < best[1]:
             best, since_best = (value, loss, model.coef_.copy(), model.intercept_.copy()), 0
         else:
@@ -73,7 +76,7 @@ def choose_logreg(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.nda
             if since_best >= PATIENCE:
                 break
     model.coef_, model.intercept_ = best[2], best[3]
-    report = {"C": best[0], "val_log_loss": best[1]}
+    report = {"C": best[0], "val_log_loss": best[1], "C_path": path}
     if C == "auto":
         report["C_grid"] = {f"{value:g}": loss for value, loss in tried.items()}
     return _as_linear(scaler, model, num_classes, x.shape[1]), report

@@ -229,8 +229,7 @@ def fit(model: Classifier, train: Split, val: Split, cfg: dict, num_classes: int
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=[g["lr"] for g in groups], total_steps=max(1, cfg["epochs"] * steps_per_epoch),
         pct_start=WARMUP_SHARE)
-    # Validation dips while the rate rises (and right after unfreezing): those epochs are no reason to
-    # stop; patience counts from the first epoch after the peak.
+    # validation dips while the rate rises and after unfreezing: patience counts from after the peak
     first_counted = max(cfg["freeze_epochs"], math.floor(WARMUP_SHARE * cfg["epochs"]) + 1)
     # An exponential moving average of the weights (ema_decay > 0) is what gets validated and kept:
     # averaged weights sit in flatter minima and tend to carry better to shifted test data.
@@ -255,10 +254,8 @@ def fit(model: Classifier, train: Split, val: Split, cfg: dict, num_classes: int
         best, since_best, stopped, start_head = saved["best"], saved["since_best"], saved["stopped"], saved["start_head"]
         first_epoch = saved["epoch"] + 1
         log(f"finetune: resuming after epoch {saved['epoch']} from {checkpoints.path} (same params and inputs)")
-    # The frozen epochs train the probe head on augmented images with a smoothed loss, while the probe
-    # was fitted (and its C and temperature chosen) on plain features: they can end worse than where
-    # they started. The starting model is validated, and the frozen epochs are undone when they end
-    # with a higher validation loss, so epoch 0 is never worse than the probe on validation.
+    # The frozen epochs train the probe (fitted and calibrated on plain features) on augmented images with
+    # a smoothed loss and can end worse: they are undone when their validation loss is above the probe's.
     check_start = cfg["head_init"] == "probe" and 0 < cfg["freeze_epochs"] <= cfg["epochs"]
     if check_start and saved is None:
         result.start = validate(validated, val, cfg, device, decision, ranks)

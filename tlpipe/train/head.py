@@ -8,6 +8,7 @@ Both are saved as the same self-describing head file (tlpipe.model.modelfile).
 """
 
 import copy
+import math
 
 import numpy as np
 import torch
@@ -105,6 +106,9 @@ def train_head(cfg: dict, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val
     if cfg["kind"] == "logreg":
         head, chosen = choose_logreg(x, y, x_val, y_val, num_classes, cfg["C"], cfg["class_weight"] == "balanced",
                                      cfg["seed"])
+        # no epochs: the curve is the C search, x = log10 C (dvc.yaml's train_head_loss plot)
+        curve = [{"step": round(math.log10(row["C"]), 3), "train_loss": row["train_loss"], "val_loss": row["val_loss"]}
+                 for row in chosen["C_path"]]
         chosen = {"C": chosen["C"], **({"C_grid": chosen["C_grid"]} if "C_grid" in chosen else {})}
     else:
         head, curve = _fit_torch_head(cfg, x, y, x_val, y_val, num_classes)
@@ -115,6 +119,4 @@ def train_head(cfg: dict, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val
     for split, labels in {"train": y, "val": y_val}.items():
         metrics[split] = {"accuracy": float(accuracy_score(labels, probs[split].argmax(1))),
                           "log_loss": float(log_loss(labels, probs[split], labels=list(range(num_classes))))}
-    if not curve:  # logreg has no epochs: its fitted losses are the one point of the curve
-        curve = [{"step": 0, "train_loss": metrics["train"]["log_loss"], "val_loss": metrics["val"]["log_loss"]}]
     return checkpoint, metrics, curve

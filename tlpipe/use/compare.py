@@ -61,8 +61,8 @@ def _dig(tree, dotted: str):
     return tree
 
 
-def experiments(cwd: Path) -> list[tuple[str, str]]:
-    """(name, commit) of every experiment of the current commit, from `dvc exp show --json`."""
+def experiments(cwd: Path, allow_none: bool = False) -> list[tuple[str, str]]:
+    """(name, commit) of every finished experiment of the current commit, from `dvc exp show --json`."""
     result = subprocess.run(["dvc", "exp", "show", "--json"], cwd=cwd, capture_output=True, text=True)
     if result.returncode != 0:
         raise TlpipeError(f"compare: `dvc exp show --json` failed: {result.stderr.strip()[-300:]}")
@@ -76,7 +76,7 @@ def experiments(cwd: Path) -> list[tuple[str, str]]:
             for rev in experiment.get("revs") or []:
                 if rev.get("rev") and rev.get("rev") != "workspace":
                     found.append((rev.get("name") or rev["rev"][:7], rev["rev"]))
-    if not found:
+    if not found and not allow_none:
         raise TlpipeError("compare: `dvc exp show` lists no experiments of this commit. Run some "
                           "(`dvc exp run -S backbone.name=...`, or --queue then `dvc queue start`), or name "
                           "revisions: `tlpipe compare main my-branch`.")

@@ -1,0 +1,69 @@
+"""`tlpipe tune`: a search scored on validation alone. Its experiments run the finetune stage only (the
+test split is never read), its table holds each experiment's own validation figures, `--apply` writes
+the best point into params.yaml, and with the test labels shuffled it makes the same choice from the
+same figures."""
+
+import json
+import shutil
+
+import pytest
+import yaml
+from conftest import make_dvc_project, make_image_tree, run
+from test_pipeline import ran_stages, set_params
+
+pytestmark = pytest.mark.slow
+
+SPACE = ["--space", "finetune.lr=0.0003,0.01"]
+
+
+def tune_project(root, images):
+    project = make_dvc_project(root)
+    set_params(project, **{
+        "data.source": f"path:{images}", "resize.size": 32, "backbone.weights": "none",
+        "finetune.epochs": 2, "finetune.batch_size": 16, "features.batch_size": 32,
+    })
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "pipeline"], project)
+    return project
+
+
+def tune(project) -> dict:
+    result = run(["tlpipe", "tune", *SPACE, "--apply"], project)
+    record = json.loads((project / "tune" / "tune.json").read_text())
+    for point in record["points"]:  # each experiment ran up to finetune and no further
+        assert point["state"] == "done", point
+        log = run(["dvc", "queue", "logs", point["name"]], project).stdout
+        assert "evaluate" not in ran_stages(log) and "finetune" in ran_stages(log), log[-2000:]
+        shown = run(["dvc", "exp", "show", "--json"], project).stdout
+        assert point["name"] in shown
+    assert "**best**" in result.stdout
+    return record
+
+
+def test_tune_chooses_on_validation_and_ignores_the_test_labels(tmp_path):
+    images = tmp_path / "images"
+    make_image_tree(images, {"train/circle": 30, "train/square": 30, "test/circle": 8, "test/square": 8})
+    project = tune_project(tmp_path / "project", images)
+    first = tune(project)
+    scores = [p["score"] for p in first["points"]]
+    assert len(scores) == 2 and all(0 <= s <= 1 for s in scores)
+    winner = max(first["points"], key=lambda p: (p["score"], -p["val_loss"]))
+    assert first["best_values"] == winner["values"]
+    applied = yaml.safe_load((project / "params.yaml").read_text())
+    assert applied["finetune"]["lr"] == winner["values"]["finetune.lr"]
+
+    # the same search with every test label swapped: the same figures, the same choice
+    shutil.move(images / "test" / "circle", images / "test" / "tmp")
+    shutil.move(images / "test" / "square", images / "test" / "circle")
+    shutil.move(images / "test" / "tmp", images / "test" / "square")
+    shuffled = tune(tune_project(tmp_path / "shuffled", images))
+    assert shuffled["best_values"] == first["best_values"]
+    assert [p["score"] for p in shuffled["points"]] == pytest.approx(scores, abs=1e-9)
+    assert [p["val_loss"] for p in shuffled["points"]] == pytest.approx([p["val_loss"] for p in first["points"]],
+                                                                        abs=1e-9)
+
+
+def test_tune_refuses_a_bad_space_with_one_line(dvc_project):
+    result = run(["tlpipe", "tune", "--space", "finetune.lr"], dvc_project, check=False)
+    assert result.returncode != 0
+    assert "is not KEY=VALUE[,VALUE...]" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,135 @@
+"""`tlpipe tune`: a validation-only search over a small space of the recipe, as DVC experiments.
+
+Every point of the grid is queued as `dvc exp run --queue -n tune-<id> -S key=value ... finetune`.
+The target is the finetune stage, so evaluate, the only stage that reads the test split, never runs
+in the search; stages a point shares with an earlier one come from DVC's run-cache. The queue runs
+them (`dvc queue start -j JOBS`), each finished point is scored by its fine-tuned model's
+validation figure (its best epoch, `metrics/finetune.json`), and the best point's values can be
+written into params.yaml, where `dvc repro` trains and evaluates it.
+"""
+
+import itertools
+import json
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from tlpipe.atomic import atomic_path
+from tlpipe.errors import TlpipeError
+from tlpipe.use.compare import _dig, _file_at, experiments
+
+# The default space: augmentation strength, length of the schedule, learning rate (auto: the range
+# test) -- 8 points, each a full finetune. Input size is left out: every size recomputes the cache
+# and the features; add `resize.size=224,299` to search it.
+DEFAULT_SPACE = {"finetune.aug_scale_min": [0.35, 0.8], "finetune.epochs": [8, 12], "finetune.lr": [0.001, "auto"]}
+# the validation figures of metrics/finetune.json a search can rank by, and whether higher is better
+METRICS = {"val_decision_metric": True, "val_balanced_accuracy": True, "val_accuracy": True, "val_loss": False}
+QUEUE_POLL_S = 5
+
+
+@dataclass
+class Point:
+    values: dict[str, object]
+    name: str
+    score: float | None = None
+    val_loss: float | None = None
+    state: str = "queued"
+
+
+def parse_space(items: list[str]) -> dict[str, list]:
+    """['finetune.lr=0.001,auto', ...] -> {'finetune.lr': [0.001, 'auto']} (values read as YAML)."""
+    space = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or "." not in key or not values:
+            raise TlpipeError(f"tune: --space {item!r} is not KEY=VALUE[,VALUE...], e.g. finetune.lr=0.001,auto")
+        space[key.strip()] = [yaml.safe_load(v) for v in values.split(",")]
+    return space
+
+
+def grid(space: dict[str, list], search_id: str) -> list[Point]:
+    """The points of `space` in a fixed order, named tune-SEARCH-N."""
+    return [Point(dict(zip(space, combination, strict=True)), f"tune-{search_id}-{n}")
+            for n, combination in enumerate(itertools.product(*space.values()), start=1)]
+
+
+def _run(args: list[str], cwd: Path) -> str:
+    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise TlpipeError(f"tune: `{' '.join(args)}` failed: {(result.stderr or result.stdout).strip()[-400:]}")
+    return result.stdout
+
+
+def _wait_for_queue(cwd: Path, names: set[str], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = _run(["dvc", "queue", "status"], cwd)
+        if not any(name in line and ("Queued" in line or "Running" in line)
+                   for line in status.splitlines() for name in names):
+            return
+        time.sleep(QUEUE_POLL_S)
+    raise TlpipeError(f"tune: the queue did not finish in {timeout_s:.0f} s; `dvc queue status` shows where it is "
+                      "and `dvc exp show` what has finished.")
+
+
+def score(points: list[Point], metric: str, cwd: Path) -> None:
+    """Each point's validation figures from its experiment's metrics/finetune.json."""
+    finished = dict(experiments(cwd, allow_none=True))
+    for point in points:
+        rev = finished.get(point.name)
+        figures = _file_at(rev, "metrics/finetune.json", cwd) if rev else None
+        if figures is None or _dig(figures, metric) is None:
+            point.state = "failed" if rev is None else "no metrics"
+            continue
+        point.score, point.val_loss, point.state = float(figures[metric]), _dig(figures, "val_loss"), "done"
+
+
+def best(points: list[Point], metric: str) -> Point:
+    """The best-scoring point; ties go to the lower validation loss, then to the earlier point."""
+    done = [p for p in points if p.score is not None]
+    if not done:
+        raise TlpipeError("tune: no point of the search finished; `dvc queue logs NAME` shows why "
+                          f"({', '.join(p.name for p in points)}).")
+    sign = 1 if METRICS[metric] else -1
+    return min(done, key=lambda p: (-sign * p.score, p.val_loss if p.val_loss is not None else float("inf"),
+                                    points.index(p)))
+
+
+def search(space: dict[str, list], metric: str, jobs: int, cwd: Path = Path("."),
+           timeout_s: float = 24 * 3600, log=print) -> tuple[list[Point], Point]:
+    """Queue every point, run the queue, score every point, return (points, best)."""
+    if metric not in METRICS:
+        raise TlpipeError(f"tune: --metric {metric!r} is not one of {', '.join(METRICS)}.")
+    points = grid(space, time.strftime("%Y%m%d-%H%M%S"))
+    for point in points:
+        sets = [arg for key, value in point.values.items() for arg in ("-S", f"{key}={value}")]
+        _run(["dvc", "exp", "run", "--queue", "-n", point.name, *sets, "finetune"], cwd)
+    log(f"tune: {len(points)} points queued as {points[0].name}..{points[-1].name.rsplit('-', 1)[1]} "
+        "(the finetune stage only: the test split is not read)")
+    _run(["dvc", "queue", "start", "-j", str(jobs)], cwd)
+    _wait_for_queue(cwd, {p.name for p in points}, timeout_s)
+    score(points, metric, cwd)
+    return points, best(points, metric)
+
+
+def table(points: list[Point], winner: Point, metric: str) -> str:
+    keys = list(points[0].values)
+    lines = [f"| experiment | {' | '.join(keys)} | {metric} | val_loss | |", "|---" * (len(keys) + 4) + "|"]
+    for p in points:
+        figure = f"{p.score:.4f}" if p.score is not None else p.state
+        loss = f"{p.val_loss:.4f}" if p.val_loss is not None else ""
+        lines.append(f"| {p.name} | {' | '.join(str(p.values[k]) for k in keys)} | {figure} | {loss} | "
+                     f"{'**best**' if p is winner else ''} |")
+    return "\n".join(lines) + "\n"
+
+
+def write(points: list[Point], winner: Point, metric: str, out: Path) -> Path:
+    record = {"metric": metric, "best": winner.name, "best_values": winner.values,
+              "points": [p.__dict__ for p in points]}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    return out
