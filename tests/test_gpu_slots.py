@@ -50,3 +50,11 @@ def test_a_count_above_the_machine_is_an_error_naming_the_setting(tmp_path):
     with pytest.raises(TlpipeError, match="processes: 5 asked for, but this machine has 3 GPU"):
         gpu_slots.claim(3, 5, tmp_path)
     assert gpu_slots.claimed() == []
+
+
+def test_a_slots_folder_that_cannot_be_written_is_one_line_naming_it_and_the_fix(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    directory = tmp_path / "a-file" / "slots"  # under a file: no folder can be made there
+    with pytest.raises(TlpipeError, match=r"cannot write the lock files in .*a-file/slots.*TLPIPE_GPU_SLOTS_DIR"):
+        gpu_slots.claim(2, None, directory)
+    assert gpu_slots.claimed() == []

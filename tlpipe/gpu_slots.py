@@ -35,14 +35,21 @@ def claim(gpu_count: int, wanted: int | None, directory: Path | None = None, log
         raise TlpipeError(f"processes: {wanted} asked for, but this machine has {gpu_count} GPU(s); "
                           f"set it to auto or at most {gpu_count}.")
     directory = directory or slots_dir()
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for index in range(gpu_count):
+            (directory / f"gpu{index}.lock").touch()
+    except OSError as error:
+        raise TlpipeError(f"GPU slots: cannot write the lock files in {directory} ({error.strerror}); set "
+                          "TLPIPE_GPU_SLOTS_DIR to a folder every job on this machine can write, or "
+                          "CUDA_VISIBLE_DEVICES to choose the GPUs yourself.") from None
     waited = False
     while True:
         held = []
         for index in range(gpu_count):
             if wanted is not None and len(held) == wanted:
                 break
-            lock = open(directory / f"gpu{index}.lock", "w")
+            lock = open(directory / f"gpu{index}.lock", "a")
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 held.append((index, lock))
