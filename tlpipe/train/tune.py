@@ -27,7 +27,7 @@ from tlpipe.use.compare import _dig, _file_at, experiments
 DEFAULT_SPACE = {"finetune.aug_scale_min": [0.35, 0.8], "finetune.epochs": [8, 12], "finetune.lr": [0.001, "auto"]}
 # the validation figures of metrics/finetune.json a search can rank by, and whether higher is better
 METRICS = {"val_decision_metric": True, "val_balanced_accuracy": True, "val_accuracy": True, "val_loss": False}
-QUEUE_POLL_S = 5
+QUEUE_POLL_S = 2
 
 
 @dataclass
