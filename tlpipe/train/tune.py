@@ -19,7 +19,7 @@ import yaml
 
 from tlpipe.atomic import atomic_path
 from tlpipe.errors import TlpipeError
-from tlpipe.use.compare import _dig, _file_at, experiments
+from tlpipe.use.compare import dig, file_at, experiments
 
 # The default space: augmentation strength, length of the schedule, learning rate (auto: the range
 # test) -- 8 points, each a full finetune. Input size is left out: every size recomputes the cache
@@ -80,11 +80,11 @@ def score(points: list[Point], metric: str, cwd: Path) -> None:
     finished = dict(experiments(cwd, allow_none=True))
     for point in points:
         rev = finished.get(point.name)
-        figures = _file_at(rev, "metrics/finetune.json", cwd) if rev else None
-        if figures is None or _dig(figures, metric) is None:
+        figures = file_at(rev, "metrics/finetune.json", cwd) if rev else None
+        if figures is None or dig(figures, metric) is None:
             point.state = "failed" if rev is None else "no metrics"
             continue
-        point.score, point.val_loss, point.state = float(figures[metric]), _dig(figures, "val_loss"), "done"
+        point.score, point.val_loss, point.state = float(figures[metric]), dig(figures, "val_loss"), "done"
 
 
 def best(points: list[Point], metric: str) -> Point:

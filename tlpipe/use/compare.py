@@ -38,7 +38,7 @@ def _git(args: list[str], cwd: Path) -> str:
     return result.stdout
 
 
-def _file_at(rev: str, path: str, cwd: Path):
+def file_at(rev: str, path: str, cwd: Path):
     """A YAML/JSON file as committed in `rev` (in Git, or a DVC output of that revision read from
     the DVC cache, as the detailed metrics files are), or None when that revision does not hold it."""
     result = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=cwd, capture_output=True, text=True)
@@ -53,7 +53,7 @@ def _file_at(rev: str, path: str, cwd: Path):
         return None
 
 
-def _dig(tree, dotted: str):
+def dig(tree, dotted: str):
     for key in dotted.split("."):
         if not isinstance(tree, dict) or key not in tree:
             return None
@@ -85,23 +85,23 @@ def experiments(cwd: Path, allow_none: bool = False) -> list[tuple[str, str]]:
 
 def row(name: str, rev: str, cwd: Path) -> dict:
     """One revision's row: its params, the fine-tuned model's val/test figures, the stages' wall times."""
-    params = _file_at(rev, "params.yaml", cwd)
-    evaluated = _file_at(rev, "metrics/evaluate.json", cwd)
+    params = file_at(rev, "params.yaml", cwd)
+    evaluated = file_at(rev, "metrics/evaluate.json", cwd)
     if params is None or evaluated is None:
         raise TlpipeError(f"compare: revision {name} ({rev[:12]}) holds no params.yaml or metrics/evaluate.json; "
                           "was `dvc repro` run and committed there?")
     out = {"experiment": name, "rev": rev[:7]}
-    out |= {column: _dig(params, key) for column, key in PARAMS.items()}
+    out |= {column: dig(params, key) for column, key in PARAMS.items()}
     for column, (path, key) in CHOSEN.items():  # what `auto` became, where the run recorded it
-        chosen = _dig(_file_at(rev, path, cwd), key)
+        chosen = dig(file_at(rev, path, cwd), key)
         if chosen is not None and out[column] == "auto":
             out[column] = f"auto: {chosen:.3g}" if isinstance(chosen, float) else f"auto: {chosen}"
     for split in ("val", "test"):
-        figures = _dig(evaluated, f"finetune.{split}") or {}
+        figures = dig(evaluated, f"finetune.{split}") or {}
         for column, names in FIGURES.items():
             out[f"{split}_{column}"] = next((figures[n] for n in names if n in figures), None)
     for column, path in WALL_TIMES.items():
-        out[column] = _dig(_file_at(rev, path, cwd), "wall_s")
+        out[column] = dig(file_at(rev, path, cwd), "wall_s")
     return out
 
 
