@@ -3,9 +3,9 @@
 For N and 4N images (64 px JPEGs in two class folders, made here), the stage scripts resize,
 extract-features, train-head and finetune run one by one, each in a fresh process, in a scratch
 project. Per stage: the peak RSS of the process tree (workers included) and its peak anonymous
-memory (Pss_Anon: shared pages counted once, the page cache not at all). Targets: peak RSS at 4N
-within 1.15x of N; anonymous memory growth under 1 KB per added image; data/cache on disk at most
-1.05x the raw uint8 size of the cached images.
+memory (Pss_Anon: shared pages counted once, the page cache not at all), the median of --repeats
+runs. Targets: peak RSS at 4N within 1.15x of N; anonymous memory growth under 1 KB per added image;
+data/cache on disk at most 1.05x the raw uint8 size of the cached images.
 
 finetune runs one epoch with the body frozen (activation memory depends on the batch, not on the
 data set; the data path, probe, order, validation and threshold are the same as unfrozen).
@@ -21,6 +21,7 @@ import io
 import json
 import os
 import runpy
+import statistics
 import subprocess
 import sys
 import time
@@ -100,6 +101,8 @@ def main() -> int:
     p.add_argument("--child", help=argparse_hidden())
     p.add_argument("--project", type=Path, help=argparse_hidden())
     p.add_argument("--n", type=int, default=5000, help="N: the smaller size (the larger is 4N; default %(default)s)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="runs of each stage at each size; the median peak is reported (default %(default)s)")
     args = p.parse_args()
     if args.child:
         print("RESULT " + json.dumps(child(args.child, args.project)), flush=True)
@@ -113,7 +116,11 @@ def main() -> int:
         project = make_project(args.work, size)
         figures[size] = {}
         for stage, script in STAGES:
-            result = common.measure_child(__file__, args, script, "--project", str(project))
+            # a sampled peak moves by ~20 MiB between identical runs (when a transient falls between
+            # samples, and when workers fork): the median of a few runs
+            runs = [common.measure_child(__file__, args, script, "--project", str(project))
+                    for _ in range(1 if args.quick else args.repeats)]
+            result = {key: statistics.median(r[key] for r in runs) for key in ("peak_rss", "peak_anonymous", "wall")}
             figures[size][stage] = result
             print(f"  {size:>6} {stage:<17} peak RSS {result['peak_rss'] / 2**20:7.0f} MiB, anonymous "
                   f"{result['peak_anonymous'] / 2**20:7.0f} MiB, {result['wall']:6.1f} s", flush=True)

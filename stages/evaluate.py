@@ -6,7 +6,7 @@ stage that trained it); this stage chooses nothing."""
 
 from tlpipe import params
 from tlpipe.atomic import write_json
-from tlpipe.data.cache import load_classes, load_head_inputs, load_split
+from tlpipe.data.cache import load_classes, load_groups, load_head_inputs, load_split
 from tlpipe.model.decision import decide
 from tlpipe.model.inference import feature_probabilities, image_probabilities
 from tlpipe.model.modelfile import load_head, load_model
@@ -42,12 +42,12 @@ def main() -> None:
     finetuned, model_meta = load_model("models/model.pt")
     if not ranks.is_main:  # the other ranks compute their share of the fine-tuned model's predictions
         for split in ("val", "test"):
-            images = load_split("data/cache", split)[0]
+            images = load_split("data/cache", split, paths=False)[0]
             image_probabilities(finetuned, images, cfg["batch_size"], device, cfg["flip_tta"], ranks)
             if cfg["ensemble"] and not cfg["flip_tta"]:
                 image_probabilities(finetuned, images, cfg["batch_size"], device, True, ranks)
         return finish(ranks)
-    _, train_labels, _ = load_split("data/cache", "train")
+    _, train_labels, _ = load_split("data/cache", "train", paths=False)
     report = {"baseline": {}, "head": {}, "finetune": {}}
     val_probs, seen = {}, {}
     rules = {"head": head_meta["rule"], "finetune": model_meta["rule"]}
@@ -58,6 +58,8 @@ def main() -> None:
                  "finetune": image_probabilities(finetuned, images, cfg["batch_size"], device, cfg["flip_tta"], ranks)}
         if cfg["ensemble"]:
             seen[split] = (labels, dict(probs))
+            if split == "val":
+                val_groups = load_groups(index["path"])
             if not cfg["flip_tta"]:
                 seen[split][1]["finetune+flip"] = image_probabilities(finetuned, images, cfg["batch_size"], device,
                                                                       True, ranks)
@@ -79,7 +81,7 @@ def main() -> None:
         write_json(f"plots/evaluate/pr_{split}.json", pr_rows(labels, probs["finetune"]))
     finish(ranks)
     if cfg["ensemble"]:
-        report["ensemble"] = ensemble_report(seen, classes)
+        report["ensemble"] = ensemble_report(seen, classes, cfg["decision_metric"], train_labels, val_groups)
     write_json("metrics/evaluate.json", report | {"wall_s": wall_s()})
     print(f"evaluate: test, under each model's decision rule: fine-tuned "
           f"{_summary(report['finetune']['test'], rules['finetune'])}; head {_summary(report['head']['test'], rules['head'])}")

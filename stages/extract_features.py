@@ -41,7 +41,7 @@ def main() -> None:
     # rank 0 writes; the other ranks (under torchrun) compute their share and write nothing
     with (atomic_path("data/features", directory=True) if ranks.is_main else nullcontext(None)) as tmp:
         for split in SPLITS:
-            images, labels, _ = load_split("data/cache", split)
+            images, labels, _ = load_split("data/cache", split, paths=False)
             extract_features(model, images, cfg["batch_size"], device, cfg["flip_tta"], desc=split,
                              out=tmp and tmp / f"{split}.npy", ranks=ranks)
             if spatial is not None:  # the last feature map on a small grid, float16, for attention heads

@@ -44,7 +44,7 @@ def main() -> None:
     live.close()
     # The decision rule is fitted here, on validation, and stored in model.pt for every user of it.
     val_probs = image_probabilities(model, session.val.images, cfg["batch_size"] * 2, device)
-    rule = fit_rule(session.val.labels, val_probs, metric, session.train.labels)
+    rule = fit_rule(session.val.labels, val_probs, metric, session.train.labels, groups=session.val.groups)
     checkpoint = model_checkpoint(model.cpu(), p["backbone"]["name"], classes, load_preprocess("data/cache"),
                                   cfg, result.best_epoch, rule)
     with atomic_path("models/model.pt") as tmp:

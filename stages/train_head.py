@@ -6,7 +6,7 @@ import torch
 
 from tlpipe import params
 from tlpipe.atomic import atomic_path, write_json
-from tlpipe.data.cache import load_classes, load_features, load_spatial_features
+from tlpipe.data.cache import load_classes, load_features, load_groups, load_spatial_features, load_split
 from tlpipe.train.head import train_head
 from tlpipe.train.sample import bounded_sample, take_rows
 from tlpipe.stage import run
@@ -22,8 +22,9 @@ def main() -> None:
         x, x_val = load_spatial_features("data/features", "train"), load_spatial_features("data/features", "val")
     rows = bounded_sample(y, cfg["max_fit_images"], cfg["seed"])  # large sets: a stratified sample (params.yaml)
     x, y = take_rows(x, rows), y[rows]
+    val_groups = load_groups(load_split("data/cache", "val")[2]["path"])  # feature rows are the cache's rows
     checkpoint, metrics, curve = train_head(cfg, x, y, x_val, y_val, load_classes("data/cache"),
-                                          p["evaluate"]["decision_metric"])
+                                          p["evaluate"]["decision_metric"], val_groups)
     with atomic_path("models/head.pt") as tmp:
         torch.save(checkpoint, tmp)
     write_json("metrics/train_head.json", metrics | {"wall_s": round(time.perf_counter() - started, 1)})

@@ -39,6 +39,18 @@ def make_image_tree(root: Path, layout: dict[str, int], seed: int = 0, prefix: s
     return files
 
 
+def learnable_tree(root: Path, per_class: int = 30) -> None:
+    """Three classes a network can tell apart (which of the three colour channels is bright), so
+    that training moves the weights and the compared models are the trained ones, not the probe."""
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(("red", "green", "blue")):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 216, size=(16, 16, 3), dtype=np.uint8)
+            pixels[..., c] += 24  # a weak signal under strong noise: the probe is not perfect
+            Image.fromarray(pixels).save(root / name / f"img{i:03d}.png")
+
+
 def default_params() -> dict:
     return yaml.safe_load((REPO / "params.yaml").read_text())
 

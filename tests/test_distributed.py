@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run
+from conftest import learnable_tree, run
 from test_pipeline import set_params
 
 # one worker runs them all (pyproject: --dist loadgroup), so the tiny project is built once
@@ -45,20 +45,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def learnable_tree(root: Path, per_class: int = 30) -> None:
-    """Three classes a network can tell apart (which of the three colour channels is bright), so
-    that training moves the weights and the compared models are the trained ones, not the probe."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for c, name in enumerate(("red", "green", "blue")):
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            pixels = rng.integers(0, 216, size=(16, 16, 3), dtype=np.uint8)
-            pixels[..., c] += 24  # a weak signal under strong noise: the probe is not perfect
-            Image.fromarray(pixels).save(root / name / f"img{i:03d}.png")
 
 
 @pytest.fixture(scope="module")

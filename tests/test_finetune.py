@@ -11,6 +11,7 @@ from tlpipe.errors import TlpipeError
 from tlpipe.model.inference import predict_logits
 from tlpipe.model.modelfile import load_model, model_checkpoint
 from tlpipe.train.head import fit_logreg
+from tlpipe.train.strategy import set_trainable
 
 
 def tiny_data(n: int, seed: int, size: int = 32) -> ft.Split:
@@ -85,7 +86,7 @@ def test_unfreeze_last_blocks_and_discriminative_rates():
     model, _ = tiny_model()
     blocks = block_groups(model.body)
     assert len(blocks) >= 8
-    ft.set_trainable(model, epoch=1, cfg=tiny_cfg(freeze_epochs=1, strategy="last_blocks", unfreeze=2))
+    set_trainable(model, epoch=1, cfg=tiny_cfg(freeze_epochs=1, strategy="last_blocks", unfreeze=2))
     trainable = [any(p.requires_grad for p in b.parameters()) for b in blocks]
     assert trainable == [False] * (len(blocks) - 2) + [True, True]
     rates = [g["lr"] for g in ft.param_groups(model, 1.0, 0.5)]

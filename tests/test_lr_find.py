@@ -123,11 +123,11 @@ def test_the_lr_find_plot_is_declared_and_renders_in_dvc_plots_show(tmp_path):
 def test_pipeline_with_lr_auto_strategy_auto_and_attention_heads(dvc_project, tmp_path):
     """One `dvc repro` with every auto and attention head on: the rate finetune trained with is the
     range test's suggestion, `tlpipe lr-find` shows the same curve, the plot renders."""
-    from conftest import make_image_tree
+    from conftest import learnable_tree
     from test_pipeline import STAGES, repro, set_params
 
     project = dvc_project
-    make_image_tree(tmp_path / "images", {"circle": 20, "square": 20})
+    learnable_tree(tmp_path / "images", per_class=20)  # noise has no rate that lowers the loss
     set_params(project, **{
         "data.source": f"path:{tmp_path / 'images'}", "resize.size": 32, "backbone.weights": "none",
         "finetune.epochs": 2, "finetune.batch_size": 16, "features.batch_size": 32, "report.top_losses": 4,

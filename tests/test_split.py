@@ -3,13 +3,14 @@ import shutil
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from conftest import make_image_tree, png_bytes, split_cfg
 from tlpipe.errors import TlpipeError
 from tlpipe.data.raw import RawData
-from tlpipe.data.split import build_split, split_metrics, write_split_csv
+from tlpipe.data.split import build_split, carve, split_metrics, write_split_csv
 
 CHEST_ZIP = Path(__file__).resolve().parents[2] / "shared" / "data" / "chest-xray-pneumonia-224.zip"
 
@@ -75,7 +76,8 @@ def test_existing_val_folder_kept_or_merged(tmp_path):
     kept, _ = split_of(tmp_path / "raw")
     assert (kept["split"] == "val").sum() == 4
     merged, _ = split_of(tmp_path / "raw", existing_val="train", val_fraction=0.25)
-    assert (merged["split"] == "val").sum() == 11  # a quarter of the 44 train + val images
+    # a quarter of each class's 22 train + val images: 5.5, rounded down (a tie keeps more to train on)
+    assert (merged["split"] == "val").sum() == 10
 
 
 @pytest.mark.robustness
@@ -218,3 +220,37 @@ def test_labels_csv_found_by_name_inside_an_archive_of_any_name(tmp_path):
     shutil.make_archive(str(tmp_path / "raw" / "archive"), "zip", src)
     table, _ = split_of(tmp_path / "raw", labels_csv="HAM10000_metadata.csv", id_column="image_id", label_column="dx")
     assert len(table) == 30 and set(table["label"]) == {"nv", "mel"}
+
+
+def test_carved_splits_keep_their_images_when_images_are_added(tmp_path):
+    # 2,000 images in two classes; then ten more (a new batch, in both classes)
+    make_image_tree(tmp_path / "raw", {"set/a": 1200, "set/b": 800})
+    before, _ = split_of(tmp_path / "raw")
+    make_image_tree(tmp_path / "raw", {"set/a": 6, "set/b": 4}, seed=9, prefix="new")
+    after, _ = split_of(tmp_path / "raw")
+    old = after[~after["path"].str.contains("/new")].set_index("path")["split"]
+    moved = (before.set_index("path")["split"] != old).sum()
+    # each added image can push at most one old image across the boundary of a carve (test, then val)
+    assert moved <= 2 * 10, moved
+    for table in (before, after):
+        counts = pd.crosstab(table["label"], table["split"])
+        totals = counts.sum(axis=1)
+        assert (abs(counts["test"] - 0.15 * totals) <= 1).all() and (abs(counts["val"] - 0.15 * totals) <= 1).all()
+
+
+def test_carving_never_splits_a_group_and_is_stable_per_group():
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(1, 6, size=700)  # patients with 1-5 images, ~2,100 images in 3 classes
+    groups = np.repeat([f"patient{i}" for i in range(700)], sizes)
+    labels = np.repeat(rng.choice(["a", "b", "c"], size=700, p=[0.6, 0.3, 0.1]), sizes)
+    before = carve(labels, groups, 0.2, seed=3)
+    for label in "abc":  # within one group (at most 5 images) of the class's share
+        assert abs(before[labels == label].sum() - 0.2 * (labels == label).sum()) <= 5
+    assert not set(groups[before]) & set(groups[~before])
+    # ten more images: two in a new patient, eight in existing ones (they follow their patient)
+    more_groups = np.concatenate([groups, ["patient_new"] * 2, groups[rng.choice(len(groups), 8)]])
+    more_labels = np.concatenate([labels, ["c", "c"], [labels[groups == g][0] for g in more_groups[-8:]]])
+    after = carve(more_labels, more_groups, 0.2, seed=3)
+    assert not set(more_groups[after]) & set(more_groups[~after])
+    moved_groups = set(groups[before != after[:len(groups)]])
+    assert len(moved_groups) <= 10, len(moved_groups)

@@ -7,6 +7,7 @@ An output that is missing, empty or damaged (a failed copy, a disk error, a hand
 clear error naming the file and how to restore it, never a decoder's traceback."""
 
 import contextlib
+import csv
 import json
 import os
 from pathlib import Path
@@ -52,29 +53,58 @@ def read_csv(path: str | os.PathLike, **kwargs) -> pd.DataFrame:
         return pd.read_csv(path, keep_default_na=False, **kwargs)
 
 
-def load_split(cache_dir: str | os.PathLike, split: str) -> tuple[ShardedImages, np.ndarray, pd.DataFrame]:
+def load_split(cache_dir: str | os.PathLike, split: str,
+               paths: bool = True) -> tuple[ShardedImages, np.ndarray, pd.DataFrame]:
     """(images (N, H, W, 3) uint8 read through the shards' memory maps, label indices (N,), index
-    table) of one split, in path order; nothing but the index is read into memory."""
+    table) of one split, in path order; nothing but the index is read into memory, and with
+    `paths=False` only its label_index column (a stage that needs no names holds 8 bytes per image)."""
     cache_dir = Path(cache_dir)
     size = load_preprocess(cache_dir)["size"]
     image_shape = (size, size, 3)
-    shards, tables = [], []
-    for csv in sorted(cache_dir.glob(f"{split}-*.csv")):
-        table = read_csv(csv, dtype={"path": str, "label": str})
-        with _reading(csv):
+    shards, tables, csvs = [], [], sorted(cache_dir.glob(f"{split}-*.csv"))
+    for shard_csv in csvs:
+        table = (read_csv(shard_csv, dtype={"path": str, "label": str}) if paths
+                 else read_csv(shard_csv, usecols=["label_index"], dtype={"label_index": np.int64}))
+        with _reading(shard_csv):
             table["label_index"] = table["label_index"].astype(np.int64)
-        images = read_array(csv.with_suffix(".npy"), mmap=True)
+        images = read_array(shard_csv.with_suffix(".npy"), mmap=True)
         if images.shape[1:] != image_shape or len(images) != len(table):
-            raise TlpipeError(f"{csv.with_suffix('.npy')} holds {images.shape} images but {csv.name} lists {len(table)} "
+            raise TlpipeError(f"{shard_csv.with_suffix('.npy')} holds {images.shape} images but {shard_csv.name} lists {len(table)} "
                               f"of {image_shape}: the cache is damaged. Run `dvc checkout data/cache` or "
                               "`dvc repro --force resize`.")
         shards.append(images)
         tables.append(table)
-    order = sorted(range(len(tables)), key=lambda k: tables[k]["path"].iloc[0])  # shards hold path ranges
+    # shards hold path ranges, and their file names do not sort by path: order them by first path
+    order = sorted(range(len(tables)), key=lambda k: first_path(csvs[k]))
     index = (pd.concat([tables[k] for k in order], ignore_index=True) if tables
              else pd.DataFrame({"path": pd.Series(dtype=str), "label": pd.Series(dtype=str),
                                 "label_index": pd.Series(dtype=np.int64)}))
     return ShardedImages([shards[k] for k in order], image_shape), index["label_index"].to_numpy(np.int64), index
+
+
+def load_groups(paths: pd.Series, split_csv: str | os.PathLike = "data/split.csv") -> np.ndarray:
+    """The group (patient, near-duplicate group) of each of `paths`, from split.csv; read in chunks,
+    keeping only those rows, so the memory is that of `paths` (a validation split), not the data set's."""
+    split_csv, wanted, found = Path(split_csv), set(paths), []
+    with _reading(split_csv):
+        for chunk in pd.read_csv(split_csv, usecols=["path", "group"], dtype=str, keep_default_na=False,
+                                 chunksize=100_000):
+            found.append(chunk[chunk["path"].isin(wanted)])
+    group_of = pd.concat(found).set_index("path")["group"] if found else pd.Series(dtype=str)
+    groups = paths.map(group_of)
+    if groups.isna().any():
+        missing = paths[groups.isna()].iloc[0]
+        raise TlpipeError(f"{split_csv}: does not list '{missing}', which data/cache holds: the two come from "
+                          "different runs. Run `dvc repro` (or `dvc checkout`) so they match.")
+    return groups.to_numpy(dtype=object)
+
+
+def first_path(shard_csv: Path) -> str:
+    """The first path a shard's index lists, read without the rest of the file ('' when empty)."""
+    with _reading(shard_csv), open(shard_csv, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header, row = next(reader, []), next(reader, None)
+        return row[header.index("path")] if row else ""
 
 
 def load_classes(cache_dir: str | os.PathLike) -> list[str]:

@@ -1,20 +1,19 @@
 """The split stage: list the images, label and group them, and assign train/val/test.
 
 Guarantees: identical inputs and seed give the same table; a group (patient, lesion) never
-spans two carved splits; a split the data set ships (train/ test/ folders or a split column)
+spans two carved splits; adding images moves few old ones between carved splits; a split the data set ships (train/ test/ folders or a split column)
 is kept; every file left out is listed with the reason.
 """
 
+import hashlib
 import io
 import re
 import sys
-import warnings
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
 
 from tlpipe.errors import TlpipeError
 from tlpipe.data import SPLITS
@@ -152,27 +151,47 @@ def list_images(raw: RawData, cfg: dict, report: SplitReport) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["path", "label", "shipped", "group"])
 
 
+def _group_keys(groups: np.ndarray, seed: int) -> np.ndarray:
+    """A uint64 per group name from (seed, name): the same on every machine, whatever else is in the set."""
+    return np.array([int.from_bytes(hashlib.sha1(f"{seed}:{g}".encode()).digest()[:8], "big") for g in groups],
+                    dtype=np.uint64)
+
+
 def carve(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Mask of about `fraction` of the rows, stratified by label, never splitting a group."""
+    """Mask of about `fraction` of the rows, stratified by label, never splitting a group.
+
+    Stable under additions: within each class (a group counts in its most common label), groups are
+    taken in an order fixed by a hash of (seed, group name) until the class's share is reached. Adding
+    images moves only the groups at that boundary (a few), so a growing data set keeps its validation
+    and test images, and its cache shards keep their bytes."""
     if fraction <= 0 or len(labels) == 0:
         return np.zeros(len(labels), dtype=bool)
-    n_groups = len(np.unique(groups))
-    n_splits = min(max(2, round(1 / fraction)), n_groups)
-    if n_splits < 2:
+    rows = pd.DataFrame({"label": labels, "group": groups})
+    per_group = rows.groupby(["group", "label"]).size().rename("n").reset_index()
+    per_group = per_group.sort_values(["group", "n", "label"], ascending=[True, False, True])
+    stratum = per_group.drop_duplicates("group").set_index("group")["label"]
+    size = rows.groupby("group").size()
+    table = pd.DataFrame({"label": stratum, "n": size.reindex(stratum.index)})
+    min_groups = max(2, round(1 / fraction))
+    if len(table) < 2:
         raise TlpipeError("split: only one group of images; cannot carve a validation or test split.")
-    largest_class = max(len(np.unique(groups[labels == label])) for label in np.unique(labels))
-    if largest_class < n_splits:
+    largest_class = int(table.groupby("label").size().max())
+    if largest_class < min_groups:
         raise TlpipeError(f"split: too few images to carve a {fraction:.0%} split: the largest class has "
-                          f"{largest_class} image group(s), and carving needs at least {n_splits}. Add images, "
+                          f"{largest_class} image group(s), and carving needs at least {min_groups}. Add images, "
                           "lower split.val_fraction / split.test_fraction, or ship a split (train/ val/ test/ folders).")
-    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    with warnings.catch_warnings():
-        # Classes too small for every fold are handled (and reported) by the caller.
-        warnings.simplefilter("ignore", UserWarning)
-        _, held_out = next(folds.split(np.zeros(len(labels)), labels, groups))
-    mask = np.zeros(len(labels), dtype=bool)
-    mask[held_out] = True
-    return mask
+    table["key"] = _group_keys(table.index.to_numpy(), seed)
+    held_out: list = []
+    for _, members in table.sort_values("key").groupby("label", sort=False):
+        before = members["n"].cumsum() - members["n"]
+        # a group is taken when its middle falls inside the class's share: the nearest cut (a tie: fewer)
+        taken = members.index[(before + members["n"] / 2 < fraction * members["n"].sum()).to_numpy()]
+        if not len(taken) and len(members) >= 2:  # a small class still gets one group
+            taken = members.index[:1]
+        if len(taken) == len(members):  # and keeps one on the other side
+            taken = taken[:-1]
+        held_out.extend(taken)
+    return rows["group"].isin(set(held_out)).to_numpy()
 
 
 def assign_splits(images: pd.DataFrame, cfg: dict) -> pd.Series:

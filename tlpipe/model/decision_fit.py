@@ -11,8 +11,8 @@ strictly raise the metric.
 
 Not over-fitting a small validation set: the families are nested, argmax (no offsets) < prior
 (step 1) < own (steps 1 and 2), and a larger one replaces the one kept so far only when it
-generalises inside validation: fitted on one half (stratified by class) it must beat the kept
-family on the other half, summed over both ways round (two-fold cross-validation). On a synthetic
+generalises inside validation: fitted on one half (stratified by class, each patient or
+near-duplicate group whole) it must beat the kept family on the other half, summed over both ways round (two-fold cross-validation). On a synthetic
 70/20/10 problem whose probabilities are right up to the prior, own offsets fitted on 1,200
 validation images lost to the prior correction alone on fresh data; this gate keeps them out
 there and lets them in where the model is miscalibrated class by class (tests/test_decision.py).
@@ -155,15 +155,28 @@ def _fit_offsets(metric: str, y: np.ndarray, logp: np.ndarray, log_prior: np.nda
     return tau, offsets - offsets.mean(), refined
 
 
-def _held_out_gain(metric: str, y: np.ndarray, logp: np.ndarray, log_prior: np.ndarray, small: str, big: str) -> float:
-    """How much better family `big` does than `small` on the half of validation it was not fitted
-    on, summed over both ways round (halves stratified by class)."""
-    rank = np.zeros(len(y), dtype=np.int64)
+def validation_halves(y: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+    """0 or 1 per validation image: two halves stratified by class. With `groups` (patient,
+    near-duplicate group: split.csv), a group's images all fall in one half, so a half never judges
+    a rule on copies of the images it was fitted on; each group counts in the class of its first image."""
+    if groups is None:
+        groups = np.arange(len(y))
+    _, first, inverse = np.unique(np.asarray(groups), return_index=True, return_inverse=True)
+    half_of_group = np.zeros(len(first), dtype=np.int64)
     for k in np.unique(y):
-        rank[y == k] = np.arange((y == k).sum())
+        members = np.flatnonzero(y[first] == k)
+        members = members[np.argsort(first[members], kind="stable")]  # groups in order of their first image
+        half_of_group[members] = np.arange(len(members)) % 2
+    return half_of_group[inverse.reshape(-1)]
+
+
+def _held_out_gain(metric: str, y: np.ndarray, logp: np.ndarray, log_prior: np.ndarray, small: str, big: str,
+                   halves: np.ndarray) -> float:
+    """How much better family `big` does than `small` on the half of validation it was not fitted
+    on, summed over both ways round."""
     gain = 0.0
     for half in (0, 1):
-        fit_on, judge_on = rank % 2 == half, rank % 2 != half
+        fit_on, judge_on = halves == half, halves != half
         if len(np.unique(y[fit_on])) < 2 or len(np.unique(y[judge_on])) < 2:
             return 0.0
         for family, sign in ((big, 1.0), (small, -1.0)):
@@ -180,12 +193,12 @@ def training_log_prior(train_labels: np.ndarray | None, num_classes: int) -> np.
 
 
 def fit_rule(y_val: np.ndarray, probs_val: np.ndarray, metric: str, train_labels: np.ndarray | None = None,
-             family: str | None = None) -> dict:
+             family: str | None = None, groups: np.ndarray | None = None) -> dict:
     """The rule (a plain dict, stored in the model file) maximising `metric` on validation.
 
     `train_labels` give the prior whose correction step 1 scales (absent: uniform). The family is
-    chosen by cross-validation inside validation (module docstring), then fitted on all of it;
-    `family` forces one."""
+    chosen by cross-validation inside validation (module docstring), on halves that keep each of
+    `groups` (validation's groups, when known) whole, then fitted on all of it; `family` forces one."""
     if metric not in METRICS:
         raise ValueError(f"unknown decision metric {metric!r}; one of {', '.join(METRICS)}")
     y = np.asarray(y_val, dtype=np.int64)
@@ -198,8 +211,9 @@ def fit_rule(y_val: np.ndarray, probs_val: np.ndarray, metric: str, train_labels
         return rule
     if family is not None:
         rule["family"] = family
+    halves = validation_halves(y, groups)
     for bigger in () if family is not None else ("own",) if num_classes == 2 else ("prior", "own"):
-        gain = _held_out_gain(metric, y, logp, log_prior, rule["family"], bigger)
+        gain = _held_out_gain(metric, y, logp, log_prior, rule["family"], bigger, halves)
         rule["held_out_gain"][bigger] = round(gain, 6)  # against the family kept so far
         if gain > 1e-12:
             rule["family"] = bigger

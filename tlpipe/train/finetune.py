@@ -32,7 +32,7 @@ from tlpipe.train.loader import device_batches
 from tlpipe.train.lr_find import LrCurve, range_test
 from tlpipe.train.order import epoch_order
 from tlpipe.train.resume import Checkpoints, random_states, restore_random_states
-from tlpipe.train.strategy import set_trainable, trainable_blocks  # noqa: F401 - part of this module's interface
+from tlpipe.train.strategy import set_trainable
 
 WARMUP_SHARE = 0.3  # of the one-cycle schedule spent raising the rate (torch's default)
 HIGHER_IS_BETTER = {"val_loss": False, "val_accuracy": True, "val_balanced_accuracy": True, "val_quadratic_kappa": True,
@@ -43,6 +43,7 @@ HIGHER_IS_BETTER = {"val_loss": False, "val_accuracy": True, "val_balanced_accur
 class Split:
     images: np.ndarray   # (N, H, W, 3) uint8: a memory map or ShardedImages (tlpipe.data.cache.load_split)
     labels: np.ndarray   # (N,) int64
+    groups: np.ndarray | None = None  # (N,) split.csv's groups, where rules are fitted on it (validation)
 
 
 @dataclass
@@ -168,7 +169,8 @@ def validate(model: Classifier, data: Split, cfg: dict, device: torch.device,
     predicted = logits.argmax(1).numpy()
     extra = {}
     if decision is not None:
-        rule = fit_rule(data.labels, torch.softmax(logits.double(), 1).numpy(), decision[0], decision[1])
+        rule = fit_rule(data.labels, torch.softmax(logits.double(), 1).numpy(), decision[0], decision[1],
+                        groups=data.groups)
         extra["val_decision_metric"] = float(np.nan_to_num(rule["val_rule"] if rule["val_rule"] is not None else 0.0))
     return extra | {
         "val_loss": nn.functional.cross_entropy(logits, labels).item(),
@@ -180,9 +182,7 @@ def validate(model: Classifier, data: Split, cfg: dict, device: torch.device,
 
 
 def _is_better(metric: str, value: float, best: float | None) -> bool:
-    if best is None:
-        return True
-    return value > best if HIGHER_IS_BETTER[metric] else value < best
+    return best is None or (value > best if HIGHER_IS_BETTER[metric] else value < best)
 
 
 def _training_setup(model: Classifier, train: Split, cfg: dict, num_classes: int, device: torch.device,

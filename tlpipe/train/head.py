@@ -95,9 +95,10 @@ def _fit_torch_head(cfg: dict, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, 
 
 
 def train_head(cfg: dict, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
-               classes: list[str], decision_metric: str = "balanced_accuracy") -> tuple[dict, dict, list[dict]]:
+               classes: list[str], decision_metric: str = "balanced_accuracy",
+               val_groups: np.ndarray | None = None) -> tuple[dict, dict, list[dict]]:
     """Return (head checkpoint dict, metrics, per-epoch curve); the checkpoint's decision rule is
-    fitted on validation for `decision_metric`."""
+    fitted on validation for `decision_metric` (its held-out check keeps each of `val_groups` whole)."""
     if len(np.unique(y)) < 2:
         raise TlpipeError("train-head: the training split has fewer than 2 classes.")
     num_classes = len(classes)
@@ -113,7 +114,7 @@ def train_head(cfg: dict, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val
     else:
         head, curve = _fit_torch_head(cfg, x, y, x_val, y_val, num_classes)
     probs = {"train": feature_probabilities(head, x), "val": feature_probabilities(head, x_val)}
-    rule = fit_rule(y_val, probs["val"], decision_metric, y)
+    rule = fit_rule(y_val, probs["val"], decision_metric, y, groups=val_groups)
     checkpoint = head_checkpoint(head, classes, rule=rule, kind=cfg["kind"])
     metrics: dict = ({"chosen_on_val": chosen} if chosen else {}) | {"rule": rule_summary(rule, classes)}
     for split, labels in {"train": y, "val": y_val}.items():

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from sklearn.metrics import balanced_accuracy_score
 
-from tlpipe.data.cache import load_classes, load_features, load_spatial_features, load_split
+from tlpipe.data.cache import load_classes, load_features, load_groups, load_spatial_features, load_split
 from tlpipe.distributed import SINGLE, Ranks, share
 from tlpipe.model.backbones import create_backbone
 from tlpipe.model.classifier import AttentionHead, Classifier
@@ -64,8 +64,9 @@ def prepare(p: dict, device: torch.device, find_lr: bool | None = None, log=prin
     Under several processes rank 0 runs it and the others take its rate."""
     cfg = dict(p["finetune"])
     classes = load_classes("data/cache")
-    train = Split(*load_split("data/cache", "train")[:2])
-    val = Split(*load_split("data/cache", "val")[:2])
+    train = Split(*load_split("data/cache", "train", paths=False)[:2])
+    val_images, val_labels, val_index = load_split("data/cache", "val")
+    val = Split(val_images, val_labels, load_groups(val_index["path"]))
     backbone = create_backbone(p["backbone"]["name"], p["backbone"]["weights"], spatial=cfg["head"] == "attention")
     probe = probe_features("train", backbone.num_features, cfg["probe_max_images"], cfg["seed"])  # large sets: a sample
     val_probe = probe_features("val", backbone.num_features)

@@ -26,14 +26,15 @@ def choose(val: dict[str, np.ndarray], labels: np.ndarray, num_classes: int) -> 
     return min(losses, key=losses.get), losses
 
 
-def ensemble_report(seen: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]], classes: list[str]) -> dict:
-    """`evaluate.ensemble: true`: the candidate chosen on validation (log loss; binary: its threshold
-    chosen on validation too) and its figures on val and test, next to the single models'."""
+def ensemble_report(seen: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]], classes: list[str],
+                    decision_metric: str, train_labels: np.ndarray, val_groups: np.ndarray) -> dict:
+    """`evaluate.ensemble: true`: the candidate chosen on validation (log loss), its decision rule
+    fitted on validation as the single models' are, and its figures on val and test, next to theirs."""
     val_labels, val_probs = seen["val"]
     test_labels, test_probs = seen["test"]
     chosen, losses = choose(candidates(val_probs), val_labels, len(classes))
     val, test = candidates(val_probs)[chosen], candidates(test_probs)[chosen]
-    threshold = fit_rule(val_labels, val, "youden" if val.shape[1] == 2 else "balanced_accuracy")  # the rule, on validation
+    rule = fit_rule(val_labels, val, decision_metric, train_labels, groups=val_groups)  # the rule, on validation
     return {"chosen": chosen, "val_log_loss": losses,
-            "val": classification_metrics(val_labels, val, classes, threshold),
-            "test": classification_metrics(test_labels, test, classes, threshold)}
+            "val": classification_metrics(val_labels, val, classes, rule),
+            "test": classification_metrics(test_labels, test, classes, rule)}

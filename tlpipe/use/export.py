@@ -49,7 +49,7 @@ def _margin(probs: np.ndarray, offsets: list[float]) -> np.ndarray:
 def check_images(cache_dir: str | Path, size: int) -> tuple[np.ndarray, str]:
     """The whole test split's cached images (memory-mapped shards), or random ones when there is no cache."""
     if (Path(cache_dir) / "preprocess.json").exists() and any(Path(cache_dir).glob("test-*.npy")):
-        images, _, _ = load_split(cache_dir, "test")
+        images, _, _ = load_split(cache_dir, "test", paths=False)
         if len(images) and images.shape[1] == size:
             return images, f"all {len(images)} test images from {Path(cache_dir)}"
     rng = np.random.default_rng(0)
