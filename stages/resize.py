@@ -7,7 +7,6 @@ from tlpipe import params
 from tlpipe.atomic import write_json
 from tlpipe.data.cache import read_csv
 from tlpipe.data.resize import auto_size, build_cache, source_side
-from tlpipe.model.backbones import input_size
 from tlpipe.data.raw import RawData
 from tlpipe.stage import run, wall_s
 
@@ -19,6 +18,8 @@ def main() -> None:
     raw = RawData("data/raw", p["data"]["max_archive_gb"], p["data"]["max_archive_entries"])
     size, chosen = cfg["size"], {}
     if size == "auto":
+        from tlpipe.model.backbones import input_size  # here: torch and timm load only for auto
+
         source = source_side(raw, table["path"].tolist())
         size = auto_size(input_size(p["backbone"]["name"]), source)
         chosen = {"size_auto": {"backbone_input_size": input_size(p["backbone"]["name"]),

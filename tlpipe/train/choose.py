@@ -19,6 +19,7 @@ from tlpipe.errors import TlpipeError
 # Inverse regularisation strengths tried by `C: auto`, smallest (most regularised) first.
 C_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 PATIENCE = 2  # stop the grid after this many Cs in a row without a lower validation loss (the curve is U-shaped)
+VAL_ROWS = 1024  # validation features standardised and scored this many rows at a time
 
 
 def _as_linear(scaler: StandardScaler, model: LogisticRegression, num_classes: int, num_features: int) -> nn.Linear:
@@ -45,6 +46,14 @@ def _full_proba(model: LogisticRegression, x: np.ndarray, num_classes: int) -> n
     return proba / proba.sum(1, keepdims=True)
 
 
+def _val_proba(model: LogisticRegression, scaler: StandardScaler, x_val: np.ndarray, num_classes: int) -> np.ndarray:
+    """_full_proba of the validation features (a memory map), standardised VAL_ROWS rows at a time:
+    validation grows with the data set, and only its probabilities are held."""
+    parts = [_full_proba(model, scaler.transform(np.asarray(x_val[a:a + VAL_ROWS])), num_classes)
+             for a in range(0, len(x_val), VAL_ROWS)]
+    return np.concatenate(parts) if parts else np.zeros((0, num_classes))
+
+
 def choose_logreg(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, num_classes: int,
                   C: float | str, balanced: bool, seed: int) -> tuple[nn.Linear, dict]:
     """L2 logistic regression on standardised features at `C`, or with C: 'auto' the C of C_GRID
@@ -55,7 +64,6 @@ def choose_logreg(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.nda
         raise TlpipeError("C: auto chooses C on validation features, and none were given; set a number instead.")
     scaler = StandardScaler().fit(x)
     xs = scaler.transform(x)
-    xvs = scaler.transform(x_val) if len(x_val) else x_val
     grid = C_GRID if C == "auto" else (float(C),)
     # warm_start: each C starts from the previous solution, so the path costs little more than one fit
     model = LogisticRegression(max_iter=3000, class_weight="balanced" if balanced else None,
@@ -65,7 +73,7 @@ def choose_logreg(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.nda
     for value in grid:
         model.set_params(C=value)
         model.fit(xs, y)
-        loss = float(log_loss(y_val, _full_proba(model, xvs, num_classes), labels=labels)) if len(y_val) else 0.0
+        loss = float(log_loss(y_val, _val_proba(model, scaler, x_val, num_classes), labels=labels)) if len(y_val) else 0.0
         tried[value] = loss
         path.append({"C": value, "train_loss": float(log_loss(y, _full_proba(model, xs, num_classes), labels=labels)),
                      "val_loss": loss})

@@ -24,7 +24,7 @@ from tlpipe.model.backbones import Backbone, block_groups
 from tlpipe.model.classifier import AttentionHead, Classifier, make_head
 from tlpipe.model.decision_fit import fit_rule
 from tlpipe.model.inference import predict_logits
-from tlpipe.runtime import autocast
+from tlpipe.runtime import autocast, batches
 from tlpipe.train.augment import Augment
 from tlpipe.train.choose import choose_logreg, fit_temperature, scale_linear
 from tlpipe.train.head import class_weights
@@ -80,8 +80,9 @@ def probe_head(backbone: Backbone, num_classes: int, cfg: dict, probe: Features 
                                  cfg["probe_C"], cfg["class_balance"] != "none", cfg["seed"])
     report = {"probe_C": chosen["C"], **({"probe_C_grid": chosen["C_grid"]} if "C_grid" in chosen else {})}
     if len(probe_val.labels):
-        with torch.no_grad():
-            logits = head(torch.from_numpy(np.array(probe_val.values, dtype=np.float32)))
+        with torch.no_grad():  # in batches: validation grows with the data set
+            logits = torch.cat([head(torch.from_numpy(np.array(probe_val.values[part], dtype=np.float32)))
+                                for part in batches(len(probe_val.labels), 1024)])
         temperature = fit_temperature(logits, probe_val.labels)
         scale_linear(head, temperature)
         report |= {"probe_temperature": temperature,
@@ -216,8 +217,7 @@ def fit(model: Classifier, train: Split, val: Split, cfg: dict, num_classes: int
     """Train for `cfg['epochs']`, keeping the weights of the best epoch on `early_stop_metric`
     (`val_decision_metric`: `decision_metric` under a rule fitted on that epoch's validation).
     `cfg['batch_size']` is the global batch: one and N processes (`ranks`) train the same model.
-    With `checkpoints` (tlpipe.train.resume) the state is saved after every epoch and a matching
-    saved state is resumed from."""
+    With `checkpoints` (tlpipe.train.resume) the state is saved after every epoch; a matching one is resumed."""
     if len(train.labels) == 0 or len(val.labels) == 0:
         raise TlpipeError("finetune: the train and val splits must both hold images.")
     generator = torch.Generator().manual_seed(cfg["seed"])
