@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from conftest import make_image_tree, split_cfg
-from tlpipe.data.cache import load_classes, load_split
+from tlpipe.data.cache import load_classes, load_groups, load_split
 from tlpipe.data.resize import build_cache
 from tlpipe.errors import TlpipeError
 from tlpipe.data.raw import RawData
@@ -82,3 +82,17 @@ def test_cache_is_byte_identical_across_runs_and_worker_counts(tmp_path):
     assert names == sorted(p.name for p in (tmp_path / "c2").iterdir())
     for name in names:
         assert (tmp_path / "c1" / name).read_bytes() == (tmp_path / "c2" / name).read_bytes()
+
+
+def test_groups_come_from_split_csv_and_a_mismatch_is_one_clear_error(tmp_path):
+    split_csv = tmp_path / "split.csv"
+    split_csv.write_text("path,label,split,group\nset/a/1.png,a,val,p1\nset/a/2.png,a,val,p1\nset/b/3.png,b,val,p2\n")
+    groups = load_groups(pd.Series(["set/b/3.png", "set/a/1.png"]), split_csv)
+    assert list(groups) == ["p2", "p1"]
+    with pytest.raises(TlpipeError, match=r"split.csv: does not list 'set/c/9.png', which data/cache holds.*dvc repro"):
+        load_groups(pd.Series(["set/c/9.png"]), split_csv)
+    with pytest.raises(TlpipeError, match=r"missing\.csv: missing.*dvc repro"):
+        load_groups(pd.Series(["set/a/1.png"]), tmp_path / "missing.csv")
+    (tmp_path / "nogroup.csv").write_text("path,label\nset/a/1.png,a\n")
+    with pytest.raises(TlpipeError, match=r"nogroup\.csv: empty or damaged"):
+        load_groups(pd.Series(["set/a/1.png"]), tmp_path / "nogroup.csv")

@@ -5,7 +5,6 @@ spans two carved splits; adding images moves few old ones between carved splits;
 is kept; every file left out is listed with the reason.
 """
 
-import hashlib
 import io
 import re
 import sys
@@ -20,6 +19,7 @@ from tlpipe.data import SPLITS
 from tlpipe.data.duplicates import handle_duplicates, leak_report
 from tlpipe.data.images import is_image_name
 from tlpipe.data.raw import RawData, is_litter
+from tlpipe.data.shards import path_hashes
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "test": "test", "testing": "test",
                  "val": "val", "valid": "val", "validation": "val"}
@@ -151,12 +151,6 @@ def list_images(raw: RawData, cfg: dict, report: SplitReport) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["path", "label", "shipped", "group"])
 
 
-def _group_keys(groups: np.ndarray, seed: int) -> np.ndarray:
-    """A uint64 per group name from (seed, name): the same on every machine, whatever else is in the set."""
-    return np.array([int.from_bytes(hashlib.sha1(f"{seed}:{g}".encode()).digest()[:8], "big") for g in groups],
-                    dtype=np.uint64)
-
-
 def carve(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """Mask of about `fraction` of the rows, stratified by label, never splitting a group.
 
@@ -180,7 +174,7 @@ def carve(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) ->
         raise TlpipeError(f"split: too few images to carve a {fraction:.0%} split: the largest class has "
                           f"{largest_class} image group(s), and carving needs at least {min_groups}. Add images, "
                           "lower split.val_fraction / split.test_fraction, or ship a split (train/ val/ test/ folders).")
-    table["key"] = _group_keys(table.index.to_numpy(), seed)
+    table["key"] = path_hashes([f"{seed}:{group}" for group in table.index])  # the shards' stable hash
     held_out: list = []
     for _, members in table.sort_values("key").groupby("label", sort=False):
         before = members["n"].cumsum() - members["n"]
