@@ -48,13 +48,18 @@ def device_batches(images, labels: np.ndarray, order: np.ndarray, batch_size: in
                    ) -> Iterator[tuple[np.ndarray, int, torch.Tensor, torch.Tensor]]:
     """(positions in the global batch, global batch size, float images on device, labels on device)
     for this rank's share of every global training batch of `order` (`batch_size` is the global batch)."""
-    parts = list(training_batches(len(order), batch_size))
-    shares = [rank_share(order, part, ranks) for part in parts]
+    parts = list(training_batches(len(order), batch_size))  # slices: a few bytes per image
     pin = device.type == "cuda"
+
+    def read(i: int):
+        positions, rows = rank_share(order, parts[i], ranks)
+        return positions, pool.submit(_read, images, labels, rows, pin)
+
     with ThreadPoolExecutor(1, thread_name_prefix="tlpipe-read") as pool:
-        pending = deque(pool.submit(_read, images, labels, rows, pin) for _, rows in shares[:PREFETCH])
+        pending = deque(read(i) for i in range(min(PREFETCH, len(parts))))
         for i, part in enumerate(parts):
-            _, x, y = pending.popleft().result()
+            positions, future = pending.popleft()
+            _, x, y = future.result()
             if i + PREFETCH < len(parts):
-                pending.append(pool.submit(_read, images, labels, shares[i + PREFETCH][1], pin))
-            yield shares[i][0], part.stop - part.start, to_device(x, device, channels_last), y.to(device, non_blocking=True)
+                pending.append(read(i + PREFETCH))
+            yield positions, part.stop - part.start, to_device(x, device, channels_last), y.to(device, non_blocking=True)
