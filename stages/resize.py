@@ -2,11 +2,10 @@
 
 from pathlib import Path
 
-
 from tlpipe import params
 from tlpipe.atomic import write_json
 from tlpipe.data.cache import read_csv
-from tlpipe.data.resize import auto_size, build_cache, source_side
+from tlpipe.data.resize import auto_size, build_cache, decode_pool, source_side
 from tlpipe.data.raw import RawData
 from tlpipe.stage import run, wall_s
 
@@ -14,20 +13,21 @@ from tlpipe.stage import run, wall_s
 def main() -> None:
     p = params.load()
     cfg = p["resize"]
-    table = read_csv("data/split.csv", dtype=str, usecols=["path", "label", "split"])
-    raw = RawData("data/raw", p["data"]["max_archive_gb"], p["data"]["max_archive_entries"])
-    size, chosen = cfg["size"], {}
-    if size == "auto":
-        from tlpipe.model.backbones import input_size  # here: torch and timm load only for auto
+    with decode_pool(cfg["workers"]) as decoders:  # forked before the table is read: see tlpipe.data.resize
+        table = read_csv("data/split.csv", dtype=str, usecols=["path", "label", "split"])
+        raw = RawData("data/raw", p["data"]["max_archive_gb"], p["data"]["max_archive_entries"])
+        size, chosen = cfg["size"], {}
+        if size == "auto":
+            from tlpipe.model.backbones import input_size  # here: torch and timm load only for auto
 
-        source = source_side(raw, table["path"].tolist())
-        size = auto_size(input_size(p["backbone"]["name"]), source)
-        chosen = {"size_auto": {"backbone_input_size": input_size(p["backbone"]["name"]),
-                                "source_median_side": source, "size": size}}
-        print(f"resize: size auto = {size} px (backbone {p['backbone']['name']} {chosen['size_auto']['backbone_input_size']} "
-              f"px, source images' median side {source} px)")
-    metrics = build_cache(table, raw, Path("data/cache"), size, cfg["mode"], cfg["workers"],
-                          cfg["max_unreadable_fraction"], cfg["contrast"], cfg["shard_mb"]) | chosen
+            source = source_side(raw, table["path"].tolist())
+            size = auto_size(input_size(p["backbone"]["name"]), source)
+            chosen = {"size_auto": {"backbone_input_size": input_size(p["backbone"]["name"]),
+                                    "source_median_side": source, "size": size}}
+            print(f"resize: size auto = {size} px (backbone {p['backbone']['name']} {chosen['size_auto']['backbone_input_size']} "
+                  f"px, source images' median side {source} px)")
+        metrics = build_cache(table, raw, Path("data/cache"), size, cfg["mode"], cfg["workers"],
+                              cfg["max_unreadable_fraction"], cfg["contrast"], cfg["shard_mb"], decoders) | chosen
     write_json("metrics/resize.json", metrics | {"wall_s": wall_s()})
     print(f"resize: {metrics['images']} cached, {metrics['unreadable_count']} unreadable")
 

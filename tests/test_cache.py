@@ -9,7 +9,7 @@ from PIL import Image
 
 from conftest import make_image_tree, split_cfg
 from tlpipe.data.cache import load_classes, load_groups, load_split
-from tlpipe.data.resize import build_cache
+from tlpipe.data.resize import build_cache, decode_pool
 from tlpipe.errors import TlpipeError
 from tlpipe.data.raw import RawData
 from tlpipe.data.split import build_split
@@ -78,10 +78,14 @@ def test_cache_is_byte_identical_across_runs_and_worker_counts(tmp_path):
     raw, table, _ = tree_with_bad_files(tmp_path, 0)
     build_cache(table, raw, tmp_path / "c1", 16, "pad", workers=1)
     build_cache(table, raw, tmp_path / "c2", 16, "pad", workers=2)
+    with decode_pool(2) as decoders:  # as the stage does: workers started before the table exists
+        build_cache(table, raw, tmp_path / "c3", 16, "pad", decoders=decoders)
+        build_cache(table, raw, tmp_path / "c4", 16, "pad", decoders=decoders)  # the pool serves again
     names = sorted(p.name for p in (tmp_path / "c1").iterdir())
-    assert names == sorted(p.name for p in (tmp_path / "c2").iterdir())
-    for name in names:
-        assert (tmp_path / "c1" / name).read_bytes() == (tmp_path / "c2" / name).read_bytes()
+    for other in ("c2", "c3", "c4"):
+        assert names == sorted(p.name for p in (tmp_path / other).iterdir())
+        for name in names:
+            assert (tmp_path / "c1" / name).read_bytes() == (tmp_path / other / name).read_bytes()
 
 
 def test_groups_come_from_split_csv_and_a_mismatch_is_one_clear_error(tmp_path):

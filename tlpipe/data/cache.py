@@ -88,7 +88,7 @@ def load_groups(paths: pd.Series, split_csv: str | os.PathLike = "data/split.csv
     split_csv, wanted, found = Path(split_csv), set(paths), []
     with _reading(split_csv):
         for chunk in pd.read_csv(split_csv, usecols=["path", "group"], dtype=str, keep_default_na=False,
-                                 chunksize=100_000):
+                                 chunksize=10_000):
             found.append(chunk[chunk["path"].isin(wanted)])
     group_of = pd.concat(found).set_index("path")["group"] if found else pd.Series(dtype=str)
     groups = paths.map(group_of)

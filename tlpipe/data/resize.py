@@ -6,6 +6,8 @@ archive is read once, in order) and hands them out in chunks; each worker decode
 writes the pixels straight into the output file at the image's row with `pwrite`. Pixels never
 travel back through a pipe, and no output page is mapped into any process, so resident memory
 stays flat whatever the data set size (the page cache holds the written data, not the process).
+The workers fork before the parent holds anything per image (`decode_pool`, opened by the stage
+before it reads split.csv): a forked worker's resident memory includes every page it inherits.
 """
 
 import io
@@ -14,7 +16,10 @@ import multiprocessing
 import os
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from multiprocessing.pool import Pool
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -90,6 +95,21 @@ def worker_count(requested: int) -> int:
     return requested or len(os.sched_getaffinity(0))
 
 
+class Decoders(NamedTuple):
+    pool: Pool
+    count: int
+
+
+@contextmanager
+def decode_pool(workers: int = 0) -> Iterator[Decoders]:
+    """The decoding processes (`workers`; 0: one per core), forked now: open them before reading the
+    table of a large set, so the workers do not carry copies of its pages (build_cache(decoders=...))."""
+    context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
+    count = worker_count(workers)
+    with context.Pool(count) as pool:
+        yield Decoders(pool, count)
+
+
 def _shard_plan(table: pd.DataFrame, size: int, shard_mb: float) -> dict[str, list[np.ndarray]]:
     """Per split, the table rows of each shard, in path order (tlpipe.data.shards.shard_ranges)."""
     max_rows = rows_per_shard(shard_mb, size * size * 3)
@@ -104,10 +124,16 @@ def _shard_plan(table: pd.DataFrame, size: int, shard_mb: float) -> dict[str, li
 
 def build_cache(table: pd.DataFrame, raw: RawData, out_dir: Path, size: int, mode: str,
                 workers: int = 0, max_unreadable_fraction: float = 0.0, contrast: str = "none",
-                shard_mb: float = 1024) -> dict:
-    """Write each split as shards `{split}-{name}.npy` (rows, size, size, 3) uint8 + `{split}-{name}.csv`."""
-    n_workers = worker_count(workers)
-    context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
+                shard_mb: float = 1024, decoders: Decoders | None = None) -> dict:
+    """Write each split as shards `{split}-{name}.npy` (rows, size, size, 3) uint8 + `{split}-{name}.csv`,
+    decoding in `decoders` (decode_pool; None: `workers` of them started here)."""
+    with nullcontext(decoders) if decoders is not None else decode_pool(workers) as decoders:
+        return _build_cache(table, raw, out_dir, size, mode, decoders, max_unreadable_fraction, contrast, shard_mb)
+
+
+def _build_cache(table: pd.DataFrame, raw: RawData, out_dir: Path, size: int, mode: str, decoders: Decoders,
+                 max_unreadable_fraction: float, contrast: str, shard_mb: float) -> dict:
+    pool, n_workers = decoders
     classes = sorted(table["label"].unique())
     plan = _shard_plan(table, size, shard_mb)
     row_bytes = size * size * 3
@@ -130,7 +156,7 @@ def build_cache(table: pd.DataFrame, raw: RawData, out_dir: Path, size: int, mod
                 row = row_of_path[path]
                 yield row, path, content, files[target[row, 0]], int(target[row, 1])
 
-        with (context.Pool(n_workers) as pool, progress(total=len(table), desc="resize", unit="img") as bar):
+        with progress(total=len(table), desc="resize", unit="img") as bar:
             for done in pool.imap_unordered(_decode_chunk, _chunks(jobs(), window, per_chunk, size, mode, contrast)):
                 window.release()
                 for row, path, error in done:

@@ -25,8 +25,15 @@ def predict_logits(model: nn.Module, images: np.ndarray, batch_size: int, device
                 logits = torch.log((logits.softmax(1) + model(x.flip(3)).float().softmax(1)) / 2)
         return logits.cpu()
 
-    outputs = [logits for _, logits in map_batches(logits_of, list(batches(len(images), batch_size)), ranks)]
-    return torch.cat(outputs) if outputs else torch.zeros(0)
+    # each batch is copied into one array made at the first: per-batch tensors kept until the end
+    # would sit between the freed activation buffers and push the heap up by more than their size
+    out = None
+    for part, logits in map_batches(logits_of, list(batches(len(images), batch_size)), ranks):
+        if out is None:
+            out = torch.empty((len(images), *logits.shape[1:]), dtype=logits.dtype)
+        out[part] = logits
+        del logits
+    return out if out is not None else torch.zeros(0)
 
 
 def image_probabilities(model: nn.Module, images: np.ndarray, batch_size: int, device: torch.device,
