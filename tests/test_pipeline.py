@@ -92,7 +92,12 @@ def test_repro_status_and_incremental_reruns(dvc_project, tmp_path):
         module.write("\n# edited\n")
     changed = changed_stages(run(["dvc", "status"], project).stdout)
     assert changed == ["evaluate", "report"], changed
-    assert repro(project) == ["evaluate", "report", "summary"]
+    before = (project / "metrics" / "evaluate.json").read_bytes()
+    rerun = repro(project)
+    # summary reads evaluate's outputs: it reruns only when they changed, and a comment changes
+    # nothing in them but the stage's wall_s (0.1 s resolution, sometimes equal)
+    changed_outputs = (project / "metrics" / "evaluate.json").read_bytes() != before
+    assert rerun == ["evaluate", "report"] + (["summary"] if changed_outputs else []), rerun
 
     html = run(["dvc", "plots", "show", "-o", "plots_html"], project)
     page = (project / "plots_html" / "index.html").read_text()
