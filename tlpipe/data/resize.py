@@ -37,9 +37,6 @@ CHUNK_IMAGES = 64       # images per task at most: amortises the hand-off (a 7 K
 CHUNK_BYTES = 4 << 20   # ... and raw bytes per task at most, so large files make smaller tasks
 WINDOW_CHUNKS = 4       # tasks in flight per worker: bounds the raw bytes held in memory
 
-MAX_OPEN_FILES = 64
-_open_files: dict[str, int] = {}  # per worker process: output file -> descriptor
-
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
     while len(data):
@@ -48,21 +45,21 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
 
 
 def _decode_chunk(task: tuple[int, str, str, list[tuple[int, str, bytes | Exception, str, int]]]):
-    """Decode a chunk of images and write each to `file` at `offset`; return (row, path, error) each."""
+    """Decode a chunk of images and write each to `file` at `offset`; return (row, path, error) each.
+    Files are opened per chunk (a chunk's images mostly share a shard): a pool outlives one cache."""
     size, mode, contrast, jobs = task
-    done = []
-    for row, path, content, file, offset in jobs:
-        pixels, error = decode_or_reason(content, size, mode, contrast)
-        if error is None:
-            fd = _open_files.get(file)
-            if fd is None:
-                if len(_open_files) >= MAX_OPEN_FILES:  # a large set has hundreds of shards
-                    for old in _open_files.values():
-                        os.close(old)
-                    _open_files.clear()
-                fd = _open_files[file] = os.open(file, os.O_WRONLY)
-            _pwrite_all(fd, memoryview(np.ascontiguousarray(pixels)).cast("B"), offset)
-        done.append((row, path, error))
+    done, open_files = [], {}
+    try:
+        for row, path, content, file, offset in jobs:
+            pixels, error = decode_or_reason(content, size, mode, contrast)
+            if error is None:
+                if file not in open_files:
+                    open_files[file] = os.open(file, os.O_WRONLY)
+                _pwrite_all(open_files[file], memoryview(np.ascontiguousarray(pixels)).cast("B"), offset)
+            done.append((row, path, error))
+    finally:
+        for fd in open_files.values():
+            os.close(fd)
     return done
 
 
