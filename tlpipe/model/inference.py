@@ -32,7 +32,6 @@ def predict_logits(model: nn.Module, images: np.ndarray, batch_size: int, device
         if out is None:
             out = torch.empty((len(images), *logits.shape[1:]), dtype=logits.dtype)
         out[part] = logits
-        del logits
     return out if out is not None else torch.zeros(0)
 
 

@@ -20,13 +20,13 @@ from tlpipe.runtime import training_batches
 PREFETCH = 2  # batches read ahead
 
 
-def _read(images, labels: np.ndarray, rows: np.ndarray, pin: bool) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
-    rows = np.sort(rows)
+def _read(images, labels: np.ndarray, rows: np.ndarray, pin: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's `rows` (sorted: rank_share) as uint8 images and labels, pinned on a CUDA machine."""
     x = torch.from_numpy(np.ascontiguousarray(images[rows]))
     y = torch.from_numpy(np.ascontiguousarray(labels[rows]))
     if pin:
         x, y = x.pin_memory(), y.pin_memory()
-    return rows, x, y
+    return x, y
 
 
 def to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
@@ -59,7 +59,7 @@ def device_batches(images, labels: np.ndarray, order: np.ndarray, batch_size: in
         pending = deque(read(i) for i in range(min(PREFETCH, len(parts))))
         for i, part in enumerate(parts):
             positions, future = pending.popleft()
-            _, x, y = future.result()
+            x, y = future.result()
             if i + PREFETCH < len(parts):
                 pending.append(read(i + PREFETCH))
             yield positions, part.stop - part.start, to_device(x, device, channels_last), y.to(device, non_blocking=True)
