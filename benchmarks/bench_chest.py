@@ -42,7 +42,7 @@ def apply_params(project: Path, data: Path, overrides: list[str], recipe: str = 
     if recipe == "preset":
         tlpipe("preset", "chest-xray-pneumonia", "--source", f"path:{data}")
     else:
-        overrides = [f"data.source=path:{data}", *overrides]
+        overrides = [f"data.source=path:{data}", f"data.track={data}", *overrides]
     if overrides:
         from ruamel.yaml import YAML
 

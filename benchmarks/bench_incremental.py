@@ -85,7 +85,7 @@ def main() -> int:
     make_dvc_project(project)
     preset = yaml.safe_load((common.REPO / "tlpipe" / "preset_files" / "chest-xray-pneumonia.yaml").read_text())["params"]
     changes = {f"{section}.{key}": value for section, values in preset.items() for key, value in values.items()}
-    changes |= {"data.source": f"path:{args.data}", "resize.size": size, "finetune.epochs": epochs,
+    changes |= {"data.source": f"path:{args.data}", "data.track": str(args.data), "resize.size": size, "finetune.epochs": epochs,
                 "finetune.freeze_epochs": 1}
     set_params(project, changes)
     sh(["git", "add", "-A"], project)

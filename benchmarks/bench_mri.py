@@ -43,7 +43,7 @@ def main() -> int:
     args = p.parse_args()
     data = common.check_data(args.data)
     project = bench_chest.checkout(args.work)
-    changes = {"data.source": f"path:{data}", "split.existing_test": "train" if args.split == "carved" else "keep",
+    changes = {"data.source": f"path:{data}", "data.track": str(data), "split.existing_test": "train" if args.split == "carved" else "keep",
                "split.test_fraction": 0.15}
     if args.quick:
         changes |= {"finetune.epochs": 2, "resize.size": 64}

@@ -56,7 +56,7 @@ def main() -> None:
                 "Grad-CAM: where the model looked (right and wrong, per class)": "plots/report/gradcam.png"}
     images = {caption: Path(path).read_bytes() for caption, path in pictures.items() if Path(path).is_file()}
     page = report_page.page(f"tlpipe run: {p['backbone']['name']} on {p['data']['source']}", result, shown,
-                            timings["split"], charts(), images)
+                            timings["split"], charts(), images, _read(metrics / "data.json"))
     with atomic_path("reports/summary.html") as tmp:
         tmp.write_text(page, encoding="utf-8")
     val, test = result["finetuned"]["val"], result["finetuned"]["test"]

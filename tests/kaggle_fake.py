@@ -10,14 +10,18 @@ import json
 import socket
 import threading
 
+METADATA_CALL = "datasets.DatasetApiService/GetDataset"
 DOWNLOAD_CALLS = ("datasets.DatasetApiService/DownloadDataset", "competitions.CompetitionApiService/DownloadDataFiles")
 
 
 class FakeKaggle:
-    """mode: "ok", 401, 403, 404, or "drop" (the file's body stops half way and the connection closes)."""
+    """mode: "ok", 401, 403, 404, or "drop" (the file's body stops half way and the connection closes).
+
+    `versions` holds each version's archive; the newest is the data set's current version (what
+    GetDataset reports and an unversioned download gets). Publish a new one with `versions[n] = ...`."""
 
     def __init__(self, archive: bytes):
-        self.archive = archive
+        self.versions = {1: archive}
         self.mode = "ok"
         self.requests: list[dict] = []
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -41,18 +45,23 @@ def _handler(fake: FakeKaggle):
         def do_POST(self):
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             self._record(json.loads(body or b"{}"))
-            if not self.path.endswith(DOWNLOAD_CALLS):
+            if not self.path.endswith((*DOWNLOAD_CALLS, METADATA_CALL)):
                 return self._json(404, {"code": 404, "message": f"no such call {self.path}"})
             if isinstance(fake.mode, int):
                 return self._json(fake.mode, {"code": fake.mode, "message": f"fake Kaggle says {fake.mode}"})
+            if self.path.endswith(METADATA_CALL):
+                return self._json(200, {"currentVersionNumber": max(fake.versions)})
+            version = (json.loads(body or b"{}").get("datasetVersionNumber") or max(fake.versions))
+            if version not in fake.versions:
+                return self._json(404, {"code": 404, "message": f"no version {version}"})
             self.send_response(302)
-            self.send_header("Location", f"{fake.url}/files/archive.zip")
+            self.send_header("Location", f"{fake.url}/files/{version}/archive.zip")
             self.send_header("Content-Length", "0")
             self.end_headers()
 
         def do_GET(self):
             self._record(None)
-            payload = fake.archive
+            payload = fake.versions[int(self.path.split("/")[2])]
             self.send_response(200)
             self.send_header("Content-Type", "application/zip")
             self.send_header("Content-Length", str(len(payload)))

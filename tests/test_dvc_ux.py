@@ -29,7 +29,7 @@ def tiny_project(project, images, **changes):
     make_image_tree(images, {"circle": 30, "square": 30, "cross": 30})
     path = project / "params.yaml"
     params = yaml.safe_load(path.read_text())
-    changes = {"data.source": f"path:{images}", "resize.size": 32, "backbone.weights": "none",
+    changes = {"data.source": f"path:{images}", "data.track": str(images), "resize.size": 32, "backbone.weights": "none",
                "finetune.epochs": 2, "finetune.batch_size": 16, "features.batch_size": 32} | changes
     for dotted, value in changes.items():
         section, key = dotted.split(".")

@@ -76,16 +76,19 @@ def error_from(call, capfd, caplog) -> TlpipeError:
 
 def test_archive_is_kept_as_a_zip(tmp_path, kaggle, with_key, capfd, caplog):
     caplog.set_level(logging.DEBUG)
-    archive = download_kaggle_dataset("paultimothymooney/chest-xray-pneumonia", tmp_path / "dest")
-    assert archive == tmp_path / "dest" / "chest-xray-pneumonia.zip"
+    archive, version = download_kaggle_dataset("paultimothymooney/chest-xray-pneumonia", tmp_path / "dest")
+    assert archive == tmp_path / "dest" / "chest-xray-pneumonia.zip" and version == 1
     assert list((tmp_path / "dest").iterdir()) == [archive]
-    assert archive.read_bytes() == kaggle.archive
+    assert archive.read_bytes() == kaggle.versions[1]
     with zipfile.ZipFile(archive) as zf:
         assert zf.testzip() is None and len(zf.namelist()) == 40
-    first = kaggle.requests[0]
-    assert first["path"] == "/v1/datasets.DatasetApiService/DownloadDataset"
-    assert first["body"] == {"ownerSlug": "paultimothymooney", "datasetSlug": "chest-xray-pneumonia"}
-    assert first["authorization"] == f"Basic {SECRETS[1]}"
+    ask, download = kaggle.requests[:2]
+    slugs = {"ownerSlug": "paultimothymooney", "datasetSlug": "chest-xray-pneumonia"}
+    assert ask["path"] == "/v1/datasets.DatasetApiService/GetDataset" and ask["body"] == slugs
+    # the current version is asked first and then downloaded by number, so the record names what came
+    assert download["path"] == "/v1/datasets.DatasetApiService/DownloadDataset"
+    assert download["body"] == slugs | {"datasetVersionNumber": 1}
+    assert download["authorization"] == f"Basic {SECRETS[1]}"
     out, err = capfd.readouterr()
     assert not any(secret in text for secret in SECRETS for text in (out, err, caplog.text))
 
@@ -93,8 +96,8 @@ def test_archive_is_kept_as_a_zip(tmp_path, kaggle, with_key, capfd, caplog):
 def test_credentials_from_environment_and_competitions(tmp_path, kaggle, home, monkeypatch):
     monkeypatch.setenv("KAGGLE_USERNAME", USER)
     monkeypatch.setenv("KAGGLE_KEY", SECRET)
-    archive = download_kaggle_dataset("c/titanic", tmp_path / "dest")
-    assert archive.name == "titanic.zip" and archive.read_bytes() == kaggle.archive
+    archive, version = download_kaggle_dataset("c/titanic", tmp_path / "dest")
+    assert archive.name == "titanic.zip" and archive.read_bytes() == kaggle.versions[1] and version is None
     assert kaggle.requests[0]["path"] == "/v1/competitions.CompetitionApiService/DownloadDataFiles"
     assert kaggle.requests[0]["body"] == {"competitionName": "titanic"}
 
@@ -124,8 +127,9 @@ def test_dropped_connection_says_run_again(tmp_path, kaggle, with_key, capfd, ca
     kaggle.mode = "drop"
     error = error_from(lambda: download_kaggle_dataset("owner/name", tmp_path / "dest"), capfd, caplog)
     assert "run `dvc repro` again" in str(error)
-    assert [r["path"] for r in kaggle.requests] == ["/v1/datasets.DatasetApiService/DownloadDataset",
-                                                    "/files/archive.zip"]
+    assert [r["path"] for r in kaggle.requests] == ["/v1/datasets.DatasetApiService/GetDataset",
+                                                    "/v1/datasets.DatasetApiService/DownloadDataset",
+                                                    "/files/1/archive.zip"]
 
 
 @pytest.mark.parametrize("name", ["chest-xray-pneumonia", "", "owner/", "a/b/c/d", "owner/name/v2", "c/comp/3",
@@ -140,3 +144,47 @@ def test_failed_fetch_leaves_no_raw_folder(tmp_path, kaggle, with_key, capfd, ca
     kaggle.mode = 403
     error_from(lambda: fetch("kaggle:owner/name", tmp_path / "raw"), capfd, caplog)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["home"]
+
+
+def test_versions_recorded_reused_pinned_and_updated_only_when_asked(tmp_path, kaggle, with_key, monkeypatch):
+    from conftest import REPO, run
+    from tlpipe import params
+    from tlpipe.data import tracking
+    from tlpipe.data.identity import recorded_kaggle_version
+
+    first = fetch("kaggle:owner/name", tmp_path / "raw")
+    assert first == {"kaggle_version": 1}
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("chest_xray/NORMAL/new.png", png_bytes(77, size=(32, 32)))
+    newer = buffer.getvalue()
+    kaggle.versions[2] = newer  # Kaggle publishes version 2
+
+    project = tmp_path / "project"
+    (project / "metrics").mkdir(parents=True)
+    (project / "metrics" / "data.json").write_text(json.dumps({"source": "kaggle:owner/name", "kaggle_version": 1}))
+    text = (REPO / "params.yaml").read_text().replace("source: sklearn:digits", "source: kaggle:owner/name")
+    (project / "params.yaml").write_text(text)
+    for command in (["git", "init", "-q"], ["git", "add", "-A"],
+                    ["git", "-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", "run"]):
+        run(command, project)
+    monkeypatch.chdir(project)
+
+    # a rerun of an unpinned source takes the version the committed record names, not the newest
+    assert recorded_kaggle_version("kaggle:owner/name") == 1
+    assert fetch("kaggle:owner/name", tmp_path / "raw", kaggle_version=1) == {"kaggle_version": 1}
+    assert (tmp_path / "raw" / "name.zip").read_bytes() == kaggle.versions[1]
+    # `tlpipe source` names the newer version and how to take it
+    data = params.load()["data"]
+    said = "\n".join(tracking.report(data, tracking.recorded()))
+    assert "Kaggle's newest version is 2; this project uses 1" in said and "tlpipe source --update" in said
+    # a pinned version is honoured, whatever is newest
+    kaggle.requests.clear()
+    fetch("kaggle:owner/name/1", tmp_path / "raw")
+    assert (tmp_path / "raw" / "name.zip").read_bytes() == kaggle.versions[1]
+    assert "/v1/datasets.DatasetApiService/GetDataset" not in [r["path"] for r in kaggle.requests]
+    # --update pins the newest; the next download takes it
+    assert tracking.update(data, project / "params.yaml")["data.source"] == ("kaggle:owner/name", "kaggle:owner/name/2")
+    assert params.load()["data"]["source"] == "kaggle:owner/name/2"
+    fetch(params.load()["data"]["source"], tmp_path / "raw")
+    assert (tmp_path / "raw" / "name.zip").read_bytes() == newer

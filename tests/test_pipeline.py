@@ -13,6 +13,7 @@ from conftest import make_image_tree, run
 from tlpipe.data.cache import load_split
 from tlpipe.model.inference import predict_logits
 from tlpipe.model.modelfile import load_model
+from tlpipe.params import track_for
 
 pytestmark = pytest.mark.slow
 
@@ -20,9 +21,11 @@ STAGES = ["download", "split", "resize", "extract-features", "train-head", "fine
 
 
 def set_params(project, **changes):
-    """changes: {'section.key': value}."""
+    """changes: {'section.key': value}; a data.source comes with its data.track, as `tlpipe source` sets it."""
     path = project / "params.yaml"
     params = yaml.safe_load(path.read_text())
+    if "data.source" in changes:
+        changes.setdefault("data.track", track_for(changes["data.source"]))
     for dotted, value in changes.items():
         section, key = dotted.split(".")
         params[section][key] = value

@@ -76,6 +76,34 @@ def test_lock_committed_clone_reruns_nothing(laptop):
     assert "up to date" in run(["dvc", "status"], gpu_box).stdout
 
 
+def test_gpu_box_without_the_source_takes_the_data_from_the_remote(laptop):
+    """The source folder exists on the laptop only: DVC sees its dependency as deleted, and
+    `dvc repro --allow-missing` (DVC's own switch for a machine that lacks some data) keeps the
+    pulled data instead of rerunning download; a finetune change reruns what it affects."""
+    images = laptop["tmp"] / "images"
+    away = laptop["tmp"] / "images-elsewhere"
+    gpu_box = clone(laptop, "gpu_box")
+    images.rename(away)
+    try:
+        run(["dvc", "pull"], gpu_box)
+        assert f"deleted:            {images}" in run(["dvc", "status", "download"], gpu_box).stdout
+        plain = run(["dvc", "repro"], gpu_box, check=False)  # DVC itself refuses a missing dependency
+        assert plain.returncode != 0 and f"No such file or directory: '{images}'" in plain.stderr, plain.stderr
+        # DVC removed download's outputs before it failed: Git and the remote have them (README, troubleshooting)
+        run(["git", "checkout", "--", "metrics"], gpu_box)
+        run(["dvc", "pull"], gpu_box)
+        out = run(["dvc", "repro", "--allow-missing"], gpu_box).stdout
+        assert ran_stages(out) == [], out
+        assert md5(gpu_box / "models/model.pt") == md5(laptop["project"] / "models/model.pt")
+        assert (gpu_box / "metrics/data.json").read_text() == (laptop["project"] / "metrics/data.json").read_text()
+
+        set_params(gpu_box, **{"finetune.epochs": 2})
+        out = run(["dvc", "repro", "--allow-missing"], gpu_box).stdout
+        assert ran_stages(out) == ["finetune", "evaluate", "report", "summary"], out
+    finally:
+        away.rename(images)
+
+
 def test_run_cache_restores_every_stage_without_the_lock(laptop):
     gpu_box = clone(laptop, "without_lock", laptop["pipeline_commit"])
     assert not (gpu_box / "dvc.lock").exists() and not (gpu_box / "metrics").exists()

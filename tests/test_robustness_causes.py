@@ -205,6 +205,7 @@ def test_a_source_inside_a_pipeline_output_is_refused_before_dvc_deletes_it(tmp_
     make_image_tree(tmp_path / "models/imgs", {"a": 2})
     before = (tree_snapshot(tmp_path / "data"), tree_snapshot(tmp_path / "models"))
     text = (tmp_path / "params.yaml").read_text().replace("source: sklearn:digits", f"source: path:{where}")
+    text = text.replace("track: stages/download.py", f"track: {where}")
     (tmp_path / "params.yaml").write_text(text)
     assert cli.main(["check", "--params", str(tmp_path / "params.yaml")]) == 2
     err = capsys.readouterr().err
@@ -217,6 +218,7 @@ def test_a_source_beside_the_outputs_is_accepted(tmp_path):
     for name in ("dvc.yaml", "params.yaml"):
         (tmp_path / name).write_bytes((REPO / name).read_bytes())
     text = (tmp_path / "params.yaml").read_text().replace("source: sklearn:digits", "source: path:data/source")
+    text = text.replace("track: stages/download.py", "track: data/source")
     (tmp_path / "params.yaml").write_text(text)
     assert params.load(tmp_path / "params.yaml")["data"]["source"] == "path:data/source"
 

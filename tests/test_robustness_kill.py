@@ -180,7 +180,7 @@ def new_dvc_project(project: Path, images: Path) -> Path:
     shutil.copytree(REPO / "stages", project / "stages")
     shutil.copytree(REPO / "tlpipe", project / "tlpipe", ignore=shutil.ignore_patterns("__pycache__"))
     params = default_params()
-    params["data"]["source"] = f"path:{images}"
+    params["data"]["source"], params["data"]["track"] = f"path:{images}", str(images)
     params["resize"]["size"] = 32
     params["backbone"]["weights"] = "none"
     params["features"]["batch_size"] = 32

@@ -48,7 +48,7 @@ def test_adding_ten_images_rewrites_and_uploads_at_most_two_shards_per_split(dvc
     make_image_tree(images, {"train/a": 700, "train/b": 700, "val/a": 150, "val/b": 150, "test/a": 150,
                              "test/b": 150})
     # 8 px images (192 bytes) in shards of at most 0.08 MiB (436 images): 3 to 12 shards per split
-    set_params(project, **{"data.source": f"path:{images}", "resize.size": 8, "resize.shard_mb": 0.08})
+    set_params(project, **{"data.source": f"path:{images}", "data.track": str(images), "resize.size": 8, "resize.shard_mb": 0.08})
     run(["dvc", "remote", "add", "-d", "store", str(remote)], project)
     run(["dvc", "repro", "resize"], project)
     before = shards(project)

@@ -24,7 +24,7 @@ def project(tmp_path_factory):
     make_image_tree(root / "images", {"circle": 40, "square": 40})
     project = make_dvc_project(root / "project")
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["data"]["source"] = f"path:{root / 'images'}"
+    params["data"]["source"], params["data"]["track"] = f"path:{root / 'images'}", str(root / "images")
     params["resize"]["size"] = 32
     params["backbone"]["weights"] = "none"
     params["finetune"].update(epochs=2, batch_size=16)

@@ -16,6 +16,28 @@ def check(args: argparse.Namespace) -> None:
     print(f"{args.params}: ok (data.source = {loaded['data']['source']}, backbone = {loaded['backbone']['name']})")
 
 
+def source(args: argparse.Namespace) -> None:
+    """Where the data comes from. Without SOURCE: what data.source names, what the last run used
+    (metrics/data.json) and whether newer data waits upstream. With SOURCE (path:FOLDER_OR_ARCHIVE,
+    url:URL, kaggle:OWNER/NAME[/VERSION], sklearn:digits): point data.source at it, and data.track,
+    what DVC hashes to see new data, with it; a Kaggle data set is pinned to its newest version.
+    --update: pin Kaggle's newest version (a folder or URL needs none: `dvc repro` takes in changes)."""
+    from tlpipe.data import tracking
+
+    if args.source and args.update:
+        raise TlpipeError("tlpipe source: give SOURCE or --update, not both.")
+    if args.source is None and args.sha256 is not None:
+        raise TlpipeError("tlpipe source: --sha256 goes with a SOURCE (the url: or path: archive it checks).")
+    if args.source or args.update:  # setting a source mends a data.track that no longer matches
+        changes = (tracking.set_source(args.source, Path(args.params), args.sha256) if args.source
+                   else tracking.update(params.load(args.params)["data"], Path(args.params)))
+        for key, (old, new) in changes.items():
+            print(f"{key}: {old!r} -> {new!r}")
+        print(f"{args.params}: {'unchanged' if not changes else 'updated'}; `dvc repro` takes the data in.")
+        return
+    print("\n".join(tracking.report(params.load(args.params)["data"], tracking.recorded())))
+
+
 def preset(args: argparse.Namespace) -> None:
     """Merge a preset's params into params.yaml, keeping its comments. Without NAME, list the
     presets with their sources and the published figures they compete with."""
@@ -114,7 +136,7 @@ def tune(args: argparse.Namespace) -> None:
     each is scored by its fine-tuned model's validation figure (--metric, from its
     metrics/finetune.json), and the table and the best point are written to OUT; --apply writes the
     best point's values into params.yaml, then `dvc repro` trains and evaluates it."""
-    from tlpipe.params_yaml import merge_values
+    from tlpipe.params_edit import merge_values
     from tlpipe.train.tune import DEFAULT_SPACE, parse_space, search, table, write
 
     space = parse_space(args.space) if args.space else DEFAULT_SPACE
@@ -171,6 +193,14 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     verb("check", check, "validate params.yaml without running anything", params=("params.yaml", "params file"))
+
+    source_parser = verb(
+        "source", source, "show or set where the data comes from (data.source, data.track)",
+        params=("params.yaml", "params file"),
+        sha256=(None, "with SOURCE: the archive's expected SHA-256 (data.sha256), checked before it is used"))
+    source_parser.add_argument("source", nargs="?", metavar="SOURCE",
+                               help="path:FOLDER_OR_ARCHIVE, url:URL, kaggle:OWNER/NAME[/VERSION] or sklearn:digits")
+    source_parser.add_argument("--update", action="store_true", help="pin the newest version of a Kaggle data set")
 
     preset_parser = verb(
         "preset", preset, "apply a named data set preset to params.yaml (no NAME: list them)",

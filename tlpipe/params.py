@@ -53,6 +53,8 @@ BOOL = Spec(bool)
 SCHEMA: dict[str, dict[str, Spec]] = {
     "data": {
         "source": Spec(str),
+        "track": Spec(str),
+        "sha256": Spec(str, nullable=True),
         "max_archive_gb": POSITIVE,
         "max_archive_entries": POSITIVE_INT,
     },
@@ -227,6 +229,39 @@ def _check_cross_field(params: dict) -> None:
     if not source.partition(":")[2].strip():
         raise TlpipeError(f"params: 'data.source' names no {source.partition(':')[0]} source after the colon, "
                           f"got {source!r}; e.g. path:/data/my-set or kaggle:OWNER/DATASET.")
+    _check_track(params["data"])
+
+
+NOTHING_TO_TRACK = "stages/download.py"  # sklearn: and kaggle: sources: the version is in data.source itself
+
+
+def track_for(source: str) -> str:
+    """What DVC must hash to see new data behind `source` (dvc.yaml's download stage depends on
+    `${data.track}`): the folder or archive of a path: source, the file of a url: source."""
+    kind, _, where = source.partition(":")
+    if kind == "path":
+        return os.path.normpath(os.path.expanduser(where.strip()))
+    if kind == "url":
+        return where.strip()
+    return NOTHING_TO_TRACK
+
+
+def _check_track(data: dict) -> None:
+    expected = track_for(data["source"])
+    track = data["track"]
+    same = os.path.normpath(track) == expected if data["source"].startswith("path:") else track == expected
+    if not same:
+        raise TlpipeError(
+            f"params: 'data.track' must be {expected!r} for data.source {data['source']!r} (DVC hashes it to see "
+            f"new, changed or deleted data), got {track!r}. Set it, or run `tlpipe source {data['source']}`, "
+            "which sets both.")
+    digest = data["sha256"]
+    if digest is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", digest):
+        raise TlpipeError(f"params: 'data.sha256' must be the 64 hex digits of the archive's SHA-256 (or null), "
+                          f"got {digest!r}; `sha256sum FILE` prints it.")
+    if digest is not None and data["source"].startswith(("sklearn:", "kaggle:")):
+        raise TlpipeError(f"params: 'data.sha256' checks the archive of a url: or path: source; "
+                          f"{data['source']!r} is pinned by its name (a Kaggle version) instead. Set it to null.")
 
 
 def validate(params: Any, where: str = "params.yaml") -> dict:

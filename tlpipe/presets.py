@@ -11,7 +11,8 @@ from pathlib import Path
 import yaml
 
 from tlpipe.errors import TlpipeError
-from tlpipe.params_yaml import merge_values
+from tlpipe.params import track_for
+from tlpipe.params_edit import merge_values
 
 
 def names() -> list[str]:
@@ -34,6 +35,8 @@ def overlay(name: str, source: str | None = None) -> dict[str, object]:
             for section, keys in load(name)["params"].items() for key, value in keys.items()}
     if source is not None:
         flat["data.source"] = source
+        flat["data.sha256"] = None
+    flat["data.track"] = track_for(flat["data.source"])
     return flat
 
 

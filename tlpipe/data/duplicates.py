@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from tlpipe.data.phash import fingerprint, near_duplicates
 from tlpipe.data.raw import RawData
-
-if TYPE_CHECKING:
-    from tlpipe.data.split import SplitReport
+from tlpipe.data.split_report import SplitReport
 
 
 def _content_hashes(raw: RawData, paths: list[str], report: SplitReport,

@@ -187,15 +187,28 @@ def _with_timeouts(client) -> None:
     session.mount("https://", adapter)
 
 
-def _fetch_archive(api, target: _Target, part: Path, scrub: _Scrubber) -> str | None:
-    """Download into `part`; return a description of what went wrong, or None."""
+def _current_version(client, target: _Target) -> int:
+    from kagglesdk.datasets.types.dataset_api_service import ApiGetDatasetRequest
+
+    request = ApiGetDatasetRequest()
+    request.owner_slug = target.owner
+    request.dataset_slug = target.slug
+    return client.datasets.dataset_api_client.get_dataset(request).current_version_number or None
+
+
+def _fetch_archive(api, target: _Target, part: Path, scrub: _Scrubber) -> tuple[str | None, int | None]:
+    """Download into `part` the version `target` names (else the current one); return a description
+    of what went wrong (or None) and the version fetched."""
     import requests
     import urllib3
 
     captured = io.StringIO()
+    version = target.version
     try:
         with contextlib.redirect_stdout(captured), api.build_kaggle_client() as client:
             _with_timeouts(client)
+            if not target.is_competition and version is None:
+                version = _current_version(client, target)
             if target.is_competition:
                 from kagglesdk.competitions.types.competition_api_service import ApiDownloadDataFilesRequest
 
@@ -208,40 +221,45 @@ def _fetch_archive(api, target: _Target, part: Path, scrub: _Scrubber) -> str | 
                 request = ApiDownloadDatasetRequest()
                 request.owner_slug = target.owner
                 request.dataset_slug = target.slug
-                request.dataset_version_number = target.version
+                request.dataset_version_number = version
                 response = client.datasets.dataset_api_client.download_dataset(request)
             api.download_file(response, str(part), client.http_client(), **_download_kwargs(api))
     except requests.HTTPError as error:
-        return _describe_http_error(error, target, scrub)
+        return _describe_http_error(error, target, scrub), version
     except (requests.RequestException, urllib3.exceptions.HTTPError, ValueError) as error:
         return (
             f"the download of {target.label} broke off ({scrub(f'{type(error).__name__}: {error}')}). "
             "Nothing was kept; check your network and run `dvc repro` again."
-        )
+        ), version
     except OSError as error:
-        return f"could not write the archive of {target.label} to {part.parent} ({scrub(str(error))})."
+        return f"could not write the archive of {target.label} to {part.parent} ({scrub(str(error))}).", version
     finally:
         scrub.relay_warnings(captured.getvalue())
     if not zipfile.is_zipfile(part):
         return (
             f"what Kaggle sent for {target.label} is not a complete zip archive. "
             "Nothing was kept; run `dvc repro` again."
-        )
-    return None
+        ), version
+    return None, version
 
 
-def download_kaggle_dataset(dataset: str, dest_dir: Path) -> Path:
-    """Download the archive of Kaggle data set `dataset` (OWNER/NAME, or c/COMPETITION) into `dest_dir`, as a zip."""
+def download_kaggle_dataset(dataset: str, dest_dir: Path, version: int | None = None) -> tuple[Path, int | None]:
+    """Download the archive of Kaggle data set `dataset` (OWNER/NAME[/VERSION], or c/COMPETITION) into
+    `dest_dir`, as a zip: the version it names, else `version`, else the current one. Returns the
+    archive and the version fetched (None for a competition, whose files have no versions)."""
     target = _parse(dataset)
+    if target.version is None and version is not None and not target.is_competition:
+        target = target._replace(version=version)
     api, scrub = _authenticated_api(target)
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
     archive = dest_dir / f"{target.slug}.zip"
     part = dest_dir / f"{archive.name}.part"
-    print(f"Downloading Kaggle {target.label} ...", file=sys.stderr)
+    print(f"Downloading Kaggle {target.label}{f' version {target.version}' if target.version else ''} ...",
+          file=sys.stderr)
     problem = "interrupted"
     try:
-        problem = _fetch_archive(api, target, part, scrub)
+        problem, fetched = _fetch_archive(api, target, part, scrub)
         if problem is None:
             os.replace(part, archive)
     finally:
@@ -250,4 +268,38 @@ def download_kaggle_dataset(dataset: str, dest_dir: Path) -> Path:
                 leftover.unlink(missing_ok=True)
     if problem is not None:
         raise TlpipeError(f"data.source {target.source}: {problem}")
-    return archive
+    return archive, fetched
+
+
+def newest_version(dataset: str) -> int | None:
+    """The version Kaggle serves now for `dataset` (None for a competition)."""
+    import requests
+
+    target = _parse(dataset)
+    if target.is_competition:
+        return None
+    api, scrub = _authenticated_api(target)
+    captured = io.StringIO()
+    problem = None
+    try:
+        with contextlib.redirect_stdout(captured), api.build_kaggle_client() as client:
+            _with_timeouts(client)
+            return _current_version(client, target)
+    except requests.HTTPError as error:
+        problem = _describe_http_error(error, target, scrub)
+    except requests.RequestException as error:
+        problem = f"could not reach Kaggle ({scrub(str(error))}); check your network."
+    finally:
+        scrub.relay_warnings(captured.getvalue())
+    raise TlpipeError(f"data.source {target.source}: {problem}")
+
+
+def named_version(dataset: str) -> int | None:
+    """The version `dataset` names (OWNER/NAME/VERSION), or None."""
+    return _parse(dataset).version
+
+
+def unversioned(dataset: str) -> str:
+    """OWNER/NAME of `dataset`, without the version it may name."""
+    target = _parse(dataset)
+    return f"c/{target.slug}" if target.is_competition else f"{target.owner}/{target.slug}"

@@ -23,22 +23,43 @@ from tlpipe.data.raw import is_archive
 CHUNK = 1 << 20
 
 
-def fetch(source: str, raw_dir: Path) -> None:
-    """Fill `raw_dir` (replaced whole, atomically) from `source`."""
+def fetch(source: str, raw_dir: Path, sha256: str | None = None, kaggle_version: int | None = None) -> dict:
+    """Fill `raw_dir` (replaced whole, atomically) from `source`; return what pins the data beyond
+    its bytes (the Kaggle version fetched, the archive's SHA-256). An archive whose SHA-256 is not
+    `sha256` is refused before anything is kept. `kaggle_version` is fetched when `source` names none."""
     kind, _, where = source.partition(":")
+    details: dict = {}
     with atomic_path(raw_dir, directory=True) as tmp:
         if kind == "sklearn":
             write_sklearn_dataset(where, tmp)
         elif kind == "kaggle":
             from tlpipe.data.kaggle import download_kaggle_dataset
 
-            download_kaggle_dataset(where, tmp)
+            _, details["kaggle_version"] = download_kaggle_dataset(where, tmp, kaggle_version)
         elif kind == "url":
-            download_url(where, tmp)
+            details["archive_sha256"] = verified(download_url(where, tmp), sha256)
         elif kind == "path":
-            copy_local(Path(where).expanduser(), tmp)
+            copied = copy_local(Path(where).expanduser(), tmp)
+            if copied.is_file():
+                details["archive_sha256"] = verified(copied, sha256)
+            elif sha256 is not None:
+                raise TlpipeError(f"data.sha256: checks an archive, but data.source {source} is a folder "
+                                  "(DVC hashes every file of it through data.track). Set data.sha256: null.")
         else:
             raise TlpipeError(f"data.source: unknown kind '{kind}:'; use sklearn:, kaggle:, url: or path:.")
+    return details
+
+
+def verified(archive: Path, expected: str | None) -> str:
+    """The archive's SHA-256, refused when it is not `expected`."""
+    from tlpipe.data.identity import file_sha256
+
+    actual = file_sha256(archive)
+    if expected is not None and actual != expected.lower():
+        raise TlpipeError(f"data.sha256: {archive.name} has SHA-256 {actual}, not the expected {expected.lower()} "
+                          "(the file at the source changed, or it arrived damaged); nothing was kept. If the new "
+                          f"file is the one you want, set data.sha256: {actual}.")
+    return actual
 
 
 def write_sklearn_dataset(name: str, dest: Path) -> None:
@@ -97,13 +118,30 @@ def download_url(url: str, dest: Path) -> Path:
     return target
 
 
+FICLONE = 0x40049409  # Linux ioctl: share the source's blocks, copy-on-write (btrfs, XFS, bcachefs)
+
+
 def _copy_with_progress(src: Path, dst: Path, bar: tqdm) -> None:
+    """Copy one file; on a file system with copy-on-write clones no block is written twice."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     with open(src, "rb") as fin, open(dst, "wb") as fout:
-        while chunk := fin.read(CHUNK):
-            fout.write(chunk)
-            bar.update(len(chunk))
+        if not _clone(fin, fout):
+            while chunk := fin.read(CHUNK):
+                fout.write(chunk)
+                bar.update(len(chunk))
+        else:
+            bar.update(src.stat().st_size)
     shutil.copystat(src, dst)
+
+
+def _clone(fin, fout) -> bool:
+    try:
+        import fcntl
+
+        fcntl.ioctl(fout.fileno(), FICLONE, fin.fileno())
+        return True
+    except (ImportError, OSError):  # not Linux, another file system, or a file system without clones
+        return False
 
 
 def _local_files(src: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
@@ -127,18 +165,21 @@ def _local_files(src: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
     return files, skipped
 
 
-def copy_local(src: Path, dest: Path) -> None:
-    """Copy a local archive or folder as it is; what cannot be copied is listed on stderr."""
+def copy_local(src: Path, dest: Path) -> Path:
+    """Copy a local archive or folder as it is, and return the copy; what cannot be copied is listed
+    on stderr."""
     if not str(src).strip():
         raise TlpipeError("data.source: path: names no folder or archive; give one, e.g. path:/data/my-set.")
     if not src.exists():
-        raise TlpipeError(f"data.source: path:{src} does not exist. Give an image folder or an archive.")
+        raise TlpipeError(f"data.source: path:{src} does not exist on this machine. Give an image folder or an "
+                          "archive; or, where the data is in the DVC remote and not here (a GPU box), run "
+                          "`dvc pull`, then `dvc repro --allow-missing`, which keeps the pulled data.")
     if src.is_file():
         if not is_archive(src.name):
             raise TlpipeError(f"data.source: path:{src} is a file but not a .zip or .tar archive.")
         with progress(total=src.stat().st_size, unit="B", unit_scale=True, desc=src.name) as bar:
             _copy_with_progress(src, dest / src.name, bar)
-        return
+        return dest / src.name
     if not src.is_dir():
         raise TlpipeError(f"data.source: path:{src} is not a folder or an archive (a pipe or device?).")
     if Path.cwd().resolve().is_relative_to(src.resolve()):
@@ -152,3 +193,4 @@ def copy_local(src: Path, dest: Path) -> None:
     with progress(total=total, unit="B", unit_scale=True, desc=src.name) as bar:
         for rel in files:
             _copy_with_progress(src / rel, dest / src.name / rel, bar)
+    return dest / src.name

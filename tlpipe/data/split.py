@@ -8,7 +8,6 @@ is kept; every file left out is listed with the reason.
 import io
 import re
 import sys
-from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 import numpy as np
@@ -20,24 +19,11 @@ from tlpipe.data.duplicates import handle_duplicates, leak_report
 from tlpipe.data.images import is_image_name
 from tlpipe.data.raw import RawData, is_litter
 from tlpipe.data.shards import path_hashes
+from tlpipe.data.split_report import SplitReport
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "test": "test", "testing": "test",
                  "val": "val", "valid": "val", "validation": "val"}
 COLUMNS = ["path", "label", "split", "group"]
-
-
-@dataclass
-class SplitReport:
-    skipped: list[dict] = field(default_factory=list)
-    cross_split_duplicates: list[dict] = field(default_factory=list)
-    duplicates: list[dict] = field(default_factory=list)
-    labels_without_file: list[str] = field(default_factory=list)
-    empty_folders: list[str] = field(default_factory=list)
-    ungrouped_files: int = 0
-    near_duplicate_pairs: list[tuple[str, str]] = field(default_factory=list)
-
-    def skip(self, path: str, reason: str) -> None:
-        self.skipped.append({"path": path, "reason": reason})
 
 
 def _shipped_split(path: str) -> str | None:

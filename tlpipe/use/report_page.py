@@ -73,8 +73,9 @@ def _png(data: bytes, alt: str) -> str:
 
 
 def page(title: str, headline: dict, params: dict[str, object], split: dict, charts: list[str],
-         images: dict[str, bytes]) -> str:
-    """The whole page; charts: inline SVG strings; images: {caption: PNG bytes}."""
+         images: dict[str, bytes], data: dict) -> str:
+    """The whole page; charts: inline SVG strings; images: {caption: PNG bytes}; data: the data's
+    identity (metrics/data.json)."""
     params_rows = [[k, v] for k, v in params.items()]
     wall = headline.get("wall_s", {})
     sections = [
@@ -86,6 +87,7 @@ def page(title: str, headline: dict, params: dict[str, object], split: dict, cha
         "<h2>Charts</h2><div class='charts'>" + "".join(f"<div>{c}</div>" for c in charts) + "</div>",
         *[f"<h2>{html.escape(caption)}</h2>{_png(data, caption)}" for caption, data in images.items()],
         "<h2>Params that shape the result</h2>" + _table(["param", "value"], params_rows),
+        "<h2>Data: where it came from (metrics/data.json)</h2>" + _table(["", "value"], list(map(list, data.items()))),
         "<h2>Data: images per split and class</h2>" + split_table(split),
         "<h2>Wall time per stage (s)</h2>" + _table(list(wall), [list(wall.values())]),
     ]

@@ -1,0 +1,17 @@
+"""What the split stage left out or grouped, and why: every skipped file by path, every duplicate."""
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SplitReport:
+    skipped: list[dict] = field(default_factory=list)
+    cross_split_duplicates: list[dict] = field(default_factory=list)
+    duplicates: list[dict] = field(default_factory=list)
+    labels_without_file: list[str] = field(default_factory=list)
+    empty_folders: list[str] = field(default_factory=list)
+    ungrouped_files: int = 0
+    near_duplicate_pairs: list[tuple[str, str]] = field(default_factory=list)
+
+    def skip(self, path: str, reason: str) -> None:
+        self.skipped.append({"path": path, "reason": reason})

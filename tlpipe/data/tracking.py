@@ -1,0 +1,80 @@
+"""`tlpipe source`: point the project at its data, say what data the last run used, and take in
+newer data where that is the user's decision (a new Kaggle version).
+
+A path: folder or archive and a url: file need no command: the download stage depends on them
+through `data.track`, so `dvc status` names a change and `dvc repro` takes it in. A Kaggle data set
+is pinned by its version in `data.source`; a newer one is taken only by `tlpipe source --update`.
+"""
+
+import json
+from pathlib import Path
+
+from tlpipe import params
+from tlpipe.data.identity import RECORD
+from tlpipe.errors import TlpipeError
+from tlpipe.params_edit import merge_values
+
+
+def _kaggle():
+    from tlpipe.data import kaggle
+
+    return kaggle
+
+
+def resolved(source: str) -> str:
+    """`source` as params.yaml should hold it: a path made absolute (DVC then finds it from
+    experiments' temporary copies of the project too), a Kaggle data set pinned to its newest version."""
+    kind, _, where = source.partition(":")
+    if kind == "path":
+        path = Path(where.strip()).expanduser().resolve()
+        if not path.exists():
+            raise TlpipeError(f"tlpipe source: {path} does not exist; give an image folder or an archive.")
+        return f"path:{path}"
+    if kind == "kaggle" and _kaggle().named_version(where) is None and not where.startswith("c/"):
+        return f"kaggle:{where}/{_kaggle().newest_version(where)}"
+    return source
+
+
+def set_source(source: str, params_path: Path, sha256: str | None = None) -> dict[str, tuple]:
+    source = resolved(source)
+    return merge_values({"data.source": source, "data.track": params.track_for(source), "data.sha256": sha256},
+                        params_path, "tlpipe source")
+
+
+def recorded(record: Path = RECORD) -> dict | None:
+    try:
+        return json.loads(record.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def report(data: dict, record: dict | None) -> list[str]:
+    """What the project points at, what the last run used, and whether newer data waits upstream."""
+    lines = [f"data.source: {data['source']}", f"data.track:  {data['track']} (DVC hashes it: `dvc status download`)"]
+    if record is None:
+        lines.append(f"{RECORD}: none yet; `dvc repro download` writes it.")
+    else:
+        used = ", ".join(f"{key} {value}" for key, value in record.items() if key != "source")
+        same = "" if record.get("source") == data["source"] else f" (from {record.get('source')}, not data.source)"
+        lines.append(f"last run used{same}: {used}")
+    kind, _, where = data["source"].partition(":")
+    if kind == "kaggle" and not where.startswith("c/"):
+        pinned = _kaggle().named_version(where) or (record or {}).get("kaggle_version")
+        newest = _kaggle().newest_version(where)
+        if pinned is None or newest != pinned:
+            lines.append(f"Kaggle's newest version is {newest}; this project uses {pinned or 'none yet'}. "
+                         "`tlpipe source --update` pins it, then `dvc repro` takes it in.")
+        else:
+            lines.append(f"Kaggle's newest version is {newest}, the one this project uses.")
+    elif kind in ("path", "url"):
+        lines.append("New, changed or deleted files there: `dvc status` names them, `dvc repro` takes them in.")
+    return lines
+
+
+def update(data: dict, params_path: Path) -> dict[str, tuple]:
+    """Pin the newest Kaggle version; other sources have nothing to pin."""
+    kind, _, where = data["source"].partition(":")
+    if kind != "kaggle" or where.startswith("c/"):
+        raise TlpipeError(f"tlpipe source --update: data.source {data['source']} has no versions to update; "
+                          "`dvc repro` takes in what changed at the source.")
+    return set_source(f"kaggle:{_kaggle().unversioned(where)}", params_path)
