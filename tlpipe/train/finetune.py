@@ -250,10 +250,10 @@ def fit(model: Classifier, train: Split, val: Split, cfg: dict, num_classes: int
         if average is not None:
             average.load_state_dict(saved["average"])
         restore_random_states(generator, saved["random"])
-        result = saved["result"]
+        result = FitResult(**saved["result"])
         best, since_best, stopped, start_head = saved["best"], saved["since_best"], saved["stopped"], saved["start_head"]
         first_epoch = saved["epoch"] + 1
-        log(f"finetune: resuming after epoch {saved['epoch']} from {checkpoints.path} (same params and inputs)")
+        log(f"finetune: resuming after epoch {saved['epoch']} from {checkpoints.path} (same params, inputs and code)")
     # The frozen epochs train the probe (fitted and calibrated on plain features) on augmented images with
     # a smoothed loss and can end worse: they are undone when their validation loss is above the probe's.
     check_start = cfg["head_init"] == "probe" and 0 < cfg["freeze_epochs"] <= cfg["epochs"]

@@ -7,11 +7,14 @@ and the history, and the epoch order is a pure function of (seed, epoch) (tlpipe
 
 It is only used when nothing that changes the result changed: its key hashes the resolved
 finetune settings (but the process count and device, which do not change the model), the backbone
-and the decision metric, and the name, size and modification time of every input file (DVC
-rewrites a changed input, so a new time means "maybe changed": the run starts over, the safe way).
+and the decision metric, the library's code and the stage script, and the name, size and
+modification time of every input file (DVC rewrites a changed input, so a new time means "maybe
+changed": the run starts over, the safe way). The checkpoint is data, not code: tensors, numbers
+and strings only, read back with `torch.load(weights_only=True)`, so a planted file runs nothing.
 The file lives in .tlpipe/resume/ (ignored by Git and DVC) and is removed when the stage succeeds.
 """
 
+import dataclasses
 import hashlib
 import json
 import random
@@ -36,20 +39,50 @@ def input_key(cfg: dict, p: dict, inputs=("data/cache", "data/features")) -> str
             if path.is_file():
                 stat = path.stat()
                 files.append([path.as_posix(), stat.st_size, stat.st_mtime_ns])
-    text = json.dumps({"settings": settings, "files": files}, sort_keys=True, default=str)
+    text = json.dumps({"settings": settings, "files": files, "code": code_hash()}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def code_hash() -> str:
+    """The library's and the stage script's source: a checkpoint made by other code is not resumed."""
+    package = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted([*package.rglob("*.py"), package.parent / "stages" / "finetune.py"]):
+        if path.is_file():
+            digest.update(path.relative_to(package.parent).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def random_states(generator: torch.Generator) -> dict:
-    return {"augment": generator.get_state(), "torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+    name, keys, position, has_gauss, gauss = np.random.get_state()
+    return {"augment": generator.get_state(), "torch": torch.get_rng_state(),
+            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss],
             "python": random.getstate()}
 
 
 def restore_random_states(generator: torch.Generator, states: dict) -> None:
     generator.set_state(states["augment"])
     torch.set_rng_state(states["torch"])
-    np.random.set_state(states["numpy"])
-    random.setstate(states["python"])
+    name, keys, position, has_gauss, gauss = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def plain(value):
+    """`value` as what `torch.load(weights_only=True)` reads: numpy numbers and arrays become Python
+    numbers and tensors, dataclasses dicts."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain(v) for v in value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value)
+    return value
 
 
 class Checkpoints:
@@ -61,7 +94,7 @@ class Checkpoints:
 
     def save(self, state: dict) -> None:
         with atomic_path(self.path) as tmp:
-            torch.save({"key": self.key, **state}, tmp)
+            torch.save(plain({"key": self.key, **state}), tmp)
 
     def load(self) -> dict | None:
         """The saved state when it matches this run's key, else None (a stale one is removed)."""
@@ -70,8 +103,8 @@ class Checkpoints:
         if not self.path.is_file():
             return None
         try:
-            state = torch.load(self.path, map_location="cpu", weights_only=False)
-        except Exception:  # a checkpoint that cannot be read is no reason to fail: start over
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception:  # a checkpoint that cannot be read, or holds code, is no reason to fail: start over
             state = None
         if not isinstance(state, dict) or state.get("key") != self.key:
             self.clear()
