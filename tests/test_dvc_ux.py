@@ -86,10 +86,11 @@ def test_plots_offline_and_experiments_in_one_screen(dvc_project, tmp_path):
     assert "<script" not in summary and not re.search(r"(src|href)=[\"']?https?:", summary)
     assert "finetuned val" in summary and "backbone.name" in summary and "circle" in summary
 
-    # One flat headline file is the metric; the detailed files are plain outputs.
+    # One flat headline file is the metric, beside the data's identity (so `dvc metrics diff` shows a
+    # data change); the detailed files are plain outputs.
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], project).stdout)
     files = set(next(iter(shown.values()))["data"])
-    assert files == {"metrics/headline.json", "live/finetune/metrics.json"}, files
+    assert files == {"metrics/headline.json", "live/finetune/metrics.json", "metrics/data.json"}, files
     detail = json.loads(run(["dvc", "metrics", "show", "--json", "metrics/evaluate.json"], project).stdout)
     assert "per_class" in json.dumps(detail)  # still there for whoever asks for it
 

@@ -1,9 +1,10 @@
 """The headline of a run: the few figures runs are compared by, in one small flat metrics file.
 
-`metrics/headline.json` is the only file dvc.yaml declares as a metric (with the live training
-metrics), so `dvc metrics show`, `dvc metrics diff` and `dvc exp show` fit one screen. The
-detailed files (metrics/evaluate.json: every model x split x metric x class; split.json, ...)
-stay beside it as plain outputs: `dvc metrics show metrics/evaluate.json` still reads them.
+`metrics/headline.json` is the one results file dvc.yaml declares as a metric (with the live
+training metrics and the data's identity, metrics/data.json), so `dvc metrics show`,
+`dvc metrics diff` and `dvc exp show` fit one screen. The detailed files (metrics/evaluate.json:
+every model x split x metric x class; split.json, ...) stay beside it as plain outputs:
+`dvc metrics show metrics/evaluate.json` still reads them.
 
 One name per figure: accuracy, balanced accuracy, sensitivity and specificity are those of the
 decision rule the model file stores (the one `predict` and the confusion matrices use); the
