@@ -3,7 +3,7 @@
 from tlpipe import params
 from tlpipe.atomic import atomic_path, write_json
 from tlpipe.data.raw import RawData
-from tlpipe.data.split import build_split, split_metrics, warn_leaks, write_split_csv
+from tlpipe.data.split import build_split, say_group_key, split_metrics, warn_leaks, write_split_csv
 from tlpipe.stage import run, wall_s
 
 
@@ -16,6 +16,7 @@ def main() -> None:
     metrics = split_metrics(table, report, p["split"]["near_duplicate_similarity"]) | {"wall_s": wall_s()}
     write_json("metrics/split.json", metrics)
     warn_leaks(metrics)
+    say_group_key(metrics["group_key"])
     print(f"split: {metrics['total']} ({metrics['skipped_count']} files skipped, see metrics/split.json)")
 
 

@@ -19,7 +19,7 @@ def params_copy(tmp_path):
 
 
 @pytest.mark.parametrize("name", sorted(REQUIRED))
-def test_every_preset_applies_validates_and_documents_its_sources(name, params_copy):
+def test_every_preset_applies_validates_and_documents_its_sources(name, params_copy, tmp_path):
     changes = presets.apply(name, params_copy)
     applied = params.load(params_copy)
     for dotted, value in presets.overlay(name).items():
@@ -28,17 +28,20 @@ def test_every_preset_applies_validates_and_documents_its_sources(name, params_c
     assert changes
     preset = presets.load(name)
     assert preset["kaggle"] and preset["path_example"].startswith("path:") and preset["published"]
-    assert presets.overlay(name, "path:/x")["data.source"] == "path:/x"
+    (tmp_path / "x").mkdir()
+    assert presets.overlay(name, f"path:{tmp_path / 'x'}")["data.source"] == f"path:{tmp_path / 'x'}"
+    assert presets.overlay(name, f"path:{tmp_path / 'x'}")["data.track"] == str(tmp_path / "x")
 
 
-def test_apply_keeps_comments_and_other_keys(params_copy):
+def test_apply_keeps_comments_and_other_keys(params_copy, tmp_path):
     before = params_copy.read_text()
-    presets.apply("chest-xray-pneumonia", params_copy, source="path:/data/chest.zip")
+    (tmp_path / "chest.zip").write_bytes(b"")
+    presets.apply("chest-xray-pneumonia", params_copy, source=f"path:{tmp_path / 'chest.zip'}")
     after = params_copy.read_text()
     comments = [line.split("#", 1)[1] for line in before.splitlines() if "#" in line]
     assert all(comment in after for comment in comments)
     old, new = yaml.safe_load(before), yaml.safe_load(after)
-    assert new["data"]["source"] == "path:/data/chest.zip"
+    assert new["data"]["source"] == f"path:{tmp_path / 'chest.zip'}"
     assert new["split"]["group_regex"] == r"^(person\d+|(?:NORMAL2-)?IM-\d+)"
     assert new["split"]["labels_csv"] is None and "labels_csv: null" in after
     assert new["head"] == old["head"] | presets.load("chest-xray-pneumonia")["params"]["head"]
@@ -51,11 +54,25 @@ def test_unknown_preset_suggests_the_closest_name(params_copy):
     assert params_copy.read_text() == (REPO / "params.yaml").read_text()
 
 
-def test_cli_lists_presets_and_prints_exp_run_arguments(capsys):
+def test_a_missing_source_or_a_yaml_slip_is_one_line_and_changes_nothing(params_copy, capsys):
+    assert main(["preset", "ham10000", "--source", "path:/no/such/file.zip", "--params", str(params_copy)]) == 2
+    err = capsys.readouterr().err
+    assert "/no/such/file.zip does not exist" in err and len(err.strip().splitlines()) == 1
+    assert params_copy.read_text() == (REPO / "params.yaml").read_text()
+    params_copy.write_text(params_copy.read_text().replace("  seed: 42\n", "  seed: [42\n", 1))
+    slipped = params_copy.read_text()
+    assert main(["preset", "ham10000", "--params", str(params_copy)]) == 2
+    err = capsys.readouterr().err
+    assert f"{params_copy}: not valid YAML at line" in err and len(err.strip().splitlines()) == 1
+    assert params_copy.read_text() == slipped
+
+
+def test_cli_lists_presets_and_prints_exp_run_arguments(capsys, tmp_path):
     assert main(["preset"]) == 0
     listing = capsys.readouterr().out
     assert all(name in listing for name in REQUIRED) and "0.928" in listing
-    assert main(["preset", "fruits-360", "--set-args", "--source", "path:/d/fruits.zip"]) == 0
+    (tmp_path / "fruits.zip").write_bytes(b"")
+    assert main(["preset", "fruits-360", "--set-args", "--source", f"path:{tmp_path / 'fruits.zip'}"]) == 0
     command = capsys.readouterr().out.strip()
-    assert command.startswith("dvc exp run -S 'data.source=path:/d/fruits.zip'")
+    assert command.startswith(f"dvc exp run -S 'data.source=path:{tmp_path / 'fruits.zip'}'")
     assert "-S 'resize.size=128'" in command

@@ -392,9 +392,13 @@ def test_every_cli_verb_answers_a_generic_fault_with_one_error_line(tmp_path, ar
     assert result.stderr.strip().splitlines()[-1].startswith(("error: ", "tlpipe ")), result.stderr
 
 
-def test_read_only_output_folder_is_one_error_line_and_keeps_the_output(tmp_path, monkeypatch, capsys):
-    """Folder permissions do not bind root (as CI runs), so the refusal the file system gives is injected."""
+@pytest.mark.parametrize("refused", ["rename", "temporary file"])
+def test_read_only_output_folder_is_one_error_line_and_keeps_the_output(tmp_path, monkeypatch, capsys, refused):
+    """Folder permissions do not bind root (as CI runs), so the refusal the file system gives is
+    injected, as the OS words it: about the temporary file (os.replace names both paths, the
+    temporary one first), which is gone by the time the user reads the message."""
     import signal
+    import tempfile
 
     from tlpipe import stage
 
@@ -402,9 +406,15 @@ def test_read_only_output_folder_is_one_error_line_and_keeps_the_output(tmp_path
     write_json("metrics/m.json", {"old": 1})
 
     def read_only_replace(src, dst):
-        raise PermissionError(13, "Permission denied", str(dst))
+        raise PermissionError(13, "Permission denied", str(src), None, str(dst))
 
-    monkeypatch.setattr(os, "replace", read_only_replace)
+    def read_only_folder(prefix, suffix, dir):
+        raise PermissionError(13, "Permission denied", f"{dir}/{prefix}k2j4h5g6{suffix}")
+
+    if refused == "rename":
+        monkeypatch.setattr(os, "replace", read_only_replace)
+    else:
+        monkeypatch.setattr(tempfile, "mkstemp", read_only_folder)
     previous = signal.getsignal(signal.SIGTERM)
     try:
         with pytest.raises(SystemExit) as exit_info:

@@ -6,6 +6,7 @@ same figures."""
 import json
 import shutil
 
+import pandas as pd
 import pytest
 import yaml
 from conftest import make_dvc_project, make_image_tree, run
@@ -67,3 +68,23 @@ def test_tune_refuses_a_bad_space_with_one_line(dvc_project):
     result = run(["tlpipe", "tune", "--space", "finetune.lr"], dvc_project, check=False)
     assert result.returncode != 0
     assert "is not KEY=VALUE[,VALUE...]" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_compare_leaves_blank_what_a_tune_point_never_computed(tmp_path):
+    """A tune point runs finetune alone: its evaluate.json is its baseline's, so its row shows no
+    evaluate figure (a table row carries only figures computed for it), while the baseline's does."""
+    images = tmp_path / "images"
+    make_image_tree(images, {"circle": 30, "square": 30})
+    project = tune_project(tmp_path / "project", images)
+    run(["dvc", "repro"], project)
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "baseline"], project)
+    run(["tlpipe", "tune", *SPACE], project)
+    names = [p["name"] for p in json.loads((project / "tune" / "tune.json").read_text())["points"]]
+    run(["tlpipe", "compare", "--out", "cmp", "HEAD", *names], project)
+    rows = {r["experiment"]: r for r in pd.read_csv(project / "cmp" / "comparison.csv").to_dict("records")}
+    assert rows["HEAD"]["evaluated"] == "yes" and not pd.isna(rows["HEAD"]["test_accuracy"])
+    for name in names:
+        assert rows[name]["evaluated"].startswith("no") and pd.isna(rows[name]["test_accuracy"]), rows[name]
+        assert pd.isna(rows[name]["val_log_loss"]) and not pd.isna(rows[name]["finetune_s"])
+    assert len({rows[name]["finetune_s"] for name in names}) == len(names)

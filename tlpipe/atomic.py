@@ -60,14 +60,17 @@ def atomic_path(final: str | os.PathLike, *, directory: bool = False):
                           "Choose another output path.") from None
     _remove_stale(final)
     # mkstemp/mkdtemp create 0600/0700 paths; outputs get the usual permissions (teammates can read them).
-    if directory:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
-        tmp.chmod(0o777 & ~_umask())
-    else:
-        fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent)
-        os.close(fd)
-        tmp = Path(name)
-        tmp.chmod(0o666 & ~_umask())
+    try:
+        if directory:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+            tmp.chmod(0o777 & ~_umask())
+        else:
+            fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent)
+            os.close(fd)
+            tmp = Path(name)
+            tmp.chmod(0o666 & ~_umask())
+    except OSError as error:
+        raise _naming(error, final) from None
     try:
         yield tmp
         if directory and final.is_dir() and not final.is_symlink():
@@ -79,10 +82,18 @@ def atomic_path(final: str | os.PathLike, *, directory: bool = False):
         _remove(tmp)
         if error.errno in DISK_FULL:
             raise TlpipeError(disk_full_message(final, error)) from None
-        raise
+        raise _naming(error, final, tmp) from None
     except BaseException:
         _remove(tmp)
         raise
+
+
+def _naming(error: OSError, final: Path, tmp: Path | None = None) -> OSError:
+    """The error as the user sees it: about `final`, never about the temporary name, which is gone
+    (a refused temporary file or rename carries that name)."""
+    if tmp is None or error.filename in (str(tmp), tmp) or error.filename2 in (str(tmp), tmp):
+        return type(error)(error.errno, error.strerror, str(final))
+    return error
 
 
 def refuse_overwriting_inputs(outputs, inputs) -> None:

@@ -139,7 +139,10 @@ def tune(args: argparse.Namespace) -> None:
     from tlpipe.params_edit import merge_values
     from tlpipe.train.tune import DEFAULT_SPACE, parse_space, search, table, write
 
-    space = parse_space(args.space) if args.space else DEFAULT_SPACE
+    if Path(args.out).is_dir():
+        raise TlpipeError(f"tune: --out {args.out} is a folder; give the file to write, e.g. {Path(args.out) / 'tune.json'}.")
+    space = parse_space(args.space or [f"{k}={','.join(map(str, v))}" for k, v in DEFAULT_SPACE.items()],
+                        params.load("params.yaml"))
     points, winner = search(space, args.metric, args.jobs)
     print(table(points, winner, args.metric), end="")
     path = write(points, winner, args.metric, Path(args.out))

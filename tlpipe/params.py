@@ -62,7 +62,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "seed": NON_NEGATIVE_INT,
         "val_fraction": Spec(NUM, min=0, max=1, min_exclusive=True),
         "test_fraction": FRACTION,
-        "group_regex": Spec(str, nullable=True),
+        "group_regex": Spec(str, nullable=True, auto=True),
         "labels_csv": Spec(str, nullable=True),
         "id_column": Spec(str, nullable=True),
         "label_column": Spec(str, nullable=True),
@@ -203,10 +203,17 @@ def _check_cross_field(params: dict) -> None:
     if tune["lr_find_min"] >= tune["lr_find_max"]:
         raise TlpipeError(f"params: 'finetune.lr_find_min' must be below 'finetune.lr_find_max', got "
                           f"{tune['lr_find_min']} and {tune['lr_find_max']}.")
+    if tune["freeze_epochs"] > tune["epochs"]:
+        raise TlpipeError(f"params: 'finetune.freeze_epochs' ({tune['freeze_epochs']}) is more than 'finetune.epochs' "
+                          f"({tune['epochs']}): the body would never train. Set freeze_epochs to at most epochs, or "
+                          "finetune.strategy: head to train the head alone.")
+    if params["head"]["kind"] == "attention" and params["features"]["spatial_grid"] == 0:
+        raise TlpipeError("params: 'head.kind: attention' pools feature maps, which 'features.spatial_grid: 0' "
+                          "does not keep; set features.spatial_grid (e.g. 4), or head.kind: logreg.")
     if tune["strategy"] == "last_blocks" and unfreeze == "all":
         raise TlpipeError("params: 'finetune.strategy: last_blocks' needs 'finetune.unfreeze' as a number of "
                           "last block groups (e.g. 3); 'all' is what 'finetune.strategy: all' does.")
-    if split["group_regex"] is not None:
+    if split["group_regex"] not in (None, "auto"):
         try:
             pattern = re.compile(split["group_regex"])
         except re.error as error:

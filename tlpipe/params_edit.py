@@ -22,8 +22,12 @@ def merge_values(changes: dict[str, object], params_path: str | Path, what: str)
     """Write {'section.key': value} into params.yaml in place (comments kept), validated before
     anything is written; `what` names the source in errors. Returns {key: (old, new)} of what changed."""
     params_path = Path(params_path)
+    if not params_path.is_file():
+        raise TlpipeError(f"{params_path}: not found. Run from the project folder (where dvc.yaml is).")
+    original = params_path.read_text(encoding="utf-8")
+    params.parse(original, str(params_path))  # a YAML slip: one line naming the file, line and column
     rt = _round_trip_yaml()
-    document = rt.load(params_path.read_text())
+    document = rt.load(original)
     changed = {}
     for dotted, value in changes.items():
         section, key = dotted.split(".")

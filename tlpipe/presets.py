@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from tlpipe.errors import TlpipeError
+from tlpipe.data.tracking import resolved
 from tlpipe.params import track_for
 from tlpipe.params_edit import merge_values
 
@@ -34,7 +35,7 @@ def overlay(name: str, source: str | None = None) -> dict[str, object]:
     flat = {f"{section}.{key}": value
             for section, keys in load(name)["params"].items() for key, value in keys.items()}
     if source is not None:
-        flat["data.source"] = source
+        flat["data.source"] = resolved(source, pin_kaggle=False)
         flat["data.sha256"] = None
     flat["data.track"] = track_for(flat["data.source"])
     return flat

@@ -9,7 +9,7 @@ from pathlib import PurePosixPath
 import numpy as np
 import pandas as pd
 
-from tlpipe.data.phash import fingerprint, near_duplicates
+from tlpipe.data.phash import MIN_SIDE, fingerprint, near_duplicates, too_small
 from tlpipe.data.raw import RawData
 from tlpipe.data.split_report import SplitReport
 
@@ -23,7 +23,9 @@ def _content_hashes(raw: RawData, paths: list[str], report: SplitReport,
             report.skip(path, f"unreadable: {content}")
         else:
             hashes[path] = hashlib.blake2b(content, digest_size=16).hexdigest()
-            if prints is not None and (found := fingerprint(content)) is not None:
+            if prints is not None and too_small(content):
+                report.too_small_for_near_duplicates += 1
+            elif prints is not None and (found := fingerprint(content)) is not None:
                 prints[path] = found
     return hashes
 
@@ -177,4 +179,6 @@ def leak_report(table: pd.DataFrame, report: SplitReport, similarity: float | No
     return {"similarity": similarity, "pairs": len(pairs), "groups": len(groups),
             "images_in_groups": sum(len(g) for g in groups), "largest_group": max((len(g) for g in groups), default=0),
             "pairs_with_different_labels": sum(label_of[a] != label_of[b] for a, b in pairs),
+            # smaller images are searched for exact copies only (see tlpipe.data.phash.MIN_SIDE)
+            "too_small_to_search": {"images": report.too_small_for_near_duplicates, "below_px": MIN_SIDE},
             "across_splits": across}

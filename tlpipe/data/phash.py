@@ -25,6 +25,17 @@ CANDIDATE_BITS = 10  # step 1: pHashes at most this many bits apart are compared
 PAIR_BLOCK = 2048    # rows compared at once in `near_pairs` (bounds memory at ~PAIR_BLOCK x N bytes)
 
 
+MIN_SIDE = HASH_SIDE  # smaller images are not searched: blown up to 32 px, unrelated 8x8 digits look alike
+
+
+def too_small(content: bytes) -> bool:
+    """An image whose shorter side is below MIN_SIDE (unreadable ones are not "too small")."""
+    try:
+        return min(Image.open(io.BytesIO(content)).size) < MIN_SIDE
+    except Exception:  # noqa: BLE001 - an unreadable file is the resize stage's to report
+        return False
+
+
 def _gray(content: bytes) -> np.ndarray | None:
     try:
         image = Image.open(io.BytesIO(content))

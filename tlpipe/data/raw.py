@@ -119,13 +119,38 @@ class _Limits:
             )
 
 
+def _repeated(names: list[str], fingerprints: list | None = None) -> dict[int, str]:
+    """Entries of an archive that repeat a name: {index: why it is left out}. Only one of them can
+    be read back by name, so when their bytes differ (or cannot be told apart without reading them:
+    `fingerprints` None) none is used; when they are the same bytes the first is kept."""
+    seen: dict[str, list[int]] = {}
+    for index, name in enumerate(names):
+        seen.setdefault(name, []).append(index)
+    out = {}
+    for name, indices in seen.items():
+        if len(indices) < 2:
+            continue
+        same = fingerprints is not None and len({fingerprints[i] for i in indices}) == 1
+        for i in (indices[1:] if same else indices):
+            out[i] = (f"the archive holds {len(indices)} entries named {name}" + (
+                " with the same bytes; the first is used" if same else
+                " with different bytes; which one is meant is unclear, so none is used: keep one"))
+    return out
+
+
 def _zip_entries(archive: Path, prefix: str, limits: _Limits, rejected: list[Rejected]) -> Iterator[Entry]:
     try:
         with zipfile.ZipFile(archive) as zf:
-            for info in zf.infolist():
+            infos = zf.infolist()
+            repeated = _repeated([i.filename for i in infos], [(i.CRC, i.file_size) for i in infos])
+            for index, info in enumerate(infos):
                 if info.is_dir():
                     continue
                 path = f"{prefix}/{info.filename}"
+                if index in repeated:
+                    limits.add(info.file_size)
+                    rejected.append(Rejected(path, repeated[index]))
+                    continue
                 limits.add(info.file_size)
                 reason = _unsafe_member_reason(info.filename)
                 if reason is None and stat.S_ISLNK(info.external_attr >> 16):
@@ -139,6 +164,7 @@ def _zip_entries(archive: Path, prefix: str, limits: _Limits, rejected: list[Rej
 
 
 def _tar_entries(archive: Path, prefix: str, limits: _Limits, rejected: list[Rejected]) -> Iterator[Entry]:
+    listed = []
     try:
         with tarfile.open(archive) as tf:
             for member in tf:
@@ -153,13 +179,17 @@ def _tar_entries(archive: Path, prefix: str, limits: _Limits, rejected: list[Rej
                     reason = "special file in archive"
                 elif reason is None and not _is_utf8(member.name):
                     path, reason = printable(path), NOT_UTF8
-                if reason:
-                    rejected.append(Rejected(path, reason))
-                else:
-                    yield Entry(path, member.size)
+                listed.append((path, member.size, reason, member.name))
             _check_tar_end(tf, archive)
     except (tarfile.TarError, EOFError, OSError, zlib_error()) as error:
         raise _unreadable_archive(archive, "tar", error) from None
+    repeated = _repeated([name for *_, name in listed])  # sizes alone cannot tell tar members apart
+    for index, (path, size, reason, _) in enumerate(listed):
+        reason = reason or repeated.get(index)
+        if reason:
+            rejected.append(Rejected(path, reason))
+        else:
+            yield Entry(path, size)
 
 
 class RawData:

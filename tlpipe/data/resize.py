@@ -229,10 +229,11 @@ def source_side(raw: RawData, paths: list[str], seed: int = 0) -> int | None:
     return int(np.median(sides)) if sides else None
 
 
-def auto_size(backbone_size: int, source: int | None) -> int:
+def auto_size(backbone_size: int, source: int | None, minimum: int = 1) -> int:
     """`resize.size: auto`: the backbone's input size, but no larger than the source images hold
     (rounded up to a multiple of 32) and never below MIN_AUTO_SIZE: upsampling 8-pixel digits to
-    224 adds no information and costs 12x the compute of 64 px."""
+    224 adds no information and costs 12x the compute of 64 px. Never below what the backbone
+    takes (`minimum`: Inception v3 75 px, a ViT its whole input size)."""
     if source is None:
         return backbone_size
-    return min(backbone_size, max(MIN_AUTO_SIZE, -(-source // 32) * 32))
+    return max(minimum, min(backbone_size, max(MIN_AUTO_SIZE, -(-source // 32) * 32)))

@@ -16,6 +16,7 @@ import pandas as pd
 from tlpipe.errors import TlpipeError
 from tlpipe.data import SPLITS
 from tlpipe.data.duplicates import handle_duplicates, leak_report
+from tlpipe.data.group_keys import find_group_key
 from tlpipe.data.images import is_image_name
 from tlpipe.data.raw import RawData, is_litter
 from tlpipe.data.shards import path_hashes
@@ -65,10 +66,30 @@ def _read_labels_csv(raw: RawData, cfg: dict) -> pd.DataFrame:
         if column is not None and column not in table.columns:
             raise TlpipeError(f"split.{key}: column '{column}' is not in {csv_path} "
                               f"(columns: {', '.join(table.columns)}).")
-    if table[cfg["id_column"]].duplicated().any():
-        dup = table[cfg["id_column"]][table[cfg["id_column"]].duplicated()].iloc[0]
+    # an id may carry the file's extension or folder (ISIC_0024306.jpg, images/ISIC_0024306.jpg):
+    # images are matched by their name without extension either way
+    ids = table[cfg["id_column"]].map(lambda v: PurePosixPath(v.strip()).stem if is_image_name(v.strip()) else v.strip())
+    if ids.duplicated().any():
+        dup = table[cfg["id_column"]][ids.duplicated()].iloc[0]
         raise TlpipeError(f"{csv_path}: id '{dup}' appears twice in column '{cfg['id_column']}'.")
-    return table.set_index(cfg["id_column"])
+    return table.set_index(ids)
+
+
+def _group_pattern(rows: list[dict], cfg: dict, report: SplitReport) -> str | None:
+    """The regex that finds each image's subject in its file name: split.group_regex, or with
+    `auto` the key the names carry (tlpipe.data.group_keys), or none. Recorded in the report."""
+    setting = cfg["group_regex"]
+    if setting != "auto":
+        report.group_key = {"mode": "regex" if setting else "off", "regex": setting}
+        return setting
+    ungrouped = [row for row in rows if row["group"] is None]
+    found = find_group_key([r["path"] for r in ungrouped], [r["label"] for r in ungrouped]) if ungrouped else None
+    if found is None:
+        report.group_key = {"mode": "auto", "regex": None}
+        return None
+    report.group_key = {"mode": "auto", "regex": found.regex, "subjects": found.groups,
+                        "largest": [{"key": key, "images": n} for key, n in found.examples]}
+    return found.regex
 
 
 def list_images(raw: RawData, cfg: dict, report: SplitReport) -> pd.DataFrame:
@@ -80,7 +101,6 @@ def list_images(raw: RawData, cfg: dict, report: SplitReport) -> pd.DataFrame:
     if cfg["labels_csv"]:
         cfg = cfg | {"labels_csv": resolve_labels_csv(raw, cfg["labels_csv"])}
     table = _read_labels_csv(raw, cfg) if cfg["labels_csv"] else None
-    group_regex = re.compile(cfg["group_regex"]) if cfg["group_regex"] else None
     rows, seen_ids = [], set()
     for entry in entries:
         path = PurePosixPath(entry.path)
@@ -116,16 +136,19 @@ def list_images(raw: RawData, cfg: dict, report: SplitReport) -> pd.DataFrame:
                 report.skip(entry.path, "not inside a class folder")
                 continue
             label = path.parent.name
-        if group is None and group_regex is not None:
-            match = group_regex.search(path.name)
-            if match:
-                group = match.group(1) if match.groups() else match.group(0)
-        if group is None:
-            report.ungrouped_files += group_regex is not None
-            group = entry.path
         rows.append({"path": entry.path, "label": label, "shipped": shipped, "group": group})
     if table is not None:
         report.labels_without_file = sorted(set(table.index) - seen_ids)
+    pattern = _group_pattern(rows, cfg, report)
+    group_regex = re.compile(pattern) if pattern else None
+    for row in rows:
+        if row["group"] is None and group_regex is not None:
+            match = group_regex.search(PurePosixPath(row["path"]).name)
+            if match:
+                row["group"] = match.group(1) if match.groups() else match.group(0)
+        if row["group"] is None:
+            report.ungrouped_files += group_regex is not None
+            row["group"] = row["path"]
     if group_regex is not None and rows and report.ungrouped_files == len(rows):
         examples = ", ".join(PurePosixPath(r["path"]).name for r in rows[:3])
         raise TlpipeError(f"split.group_regex {cfg['group_regex']!r} matches none of the {len(rows)} file names "
@@ -242,6 +265,7 @@ def split_metrics(table: pd.DataFrame, report: SplitReport, similarity: float | 
         "classes": sorted(table["label"].unique().tolist()),
         "counts": {s: {label: int(n) for label, n in counts.loc[s].items()} for s in SPLITS if s in counts.index},
         "groups": {s: int(table["group"][table["split"] == s].nunique()) for s in SPLITS},
+        "group_key": report.group_key,
         "ungrouped_files": report.ungrouped_files,
         "skipped_count": len(report.skipped),
         "skipped": sorted(report.skipped, key=lambda r: r["path"]),
@@ -267,3 +291,15 @@ def warn_leaks(metrics: dict) -> None:
                   f"another split ({where}; per class: {per_class}); figures on this {split} split are flattered. "
                   "Examples in metrics/split.json (near_duplicates). Set split.cross_split_duplicates: drop, "
                   "or split.existing_test: train to carve a leak-free test split.", file=sys.stderr)
+
+
+def say_group_key(key: dict) -> None:
+    """Print how subjects were found in file names (metrics/split.json: group_key)."""
+    if key.get("mode") == "auto" and key.get("regex"):
+        largest = ", ".join(f"{k['key']} {k['images']}" for k in key["largest"])
+        print(f"split: a subject key in the file names: {key['subjects']} subjects (largest: {largest} images); "
+              f"no subject spans two carved splits. split.group_regex: auto found '{key['regex']}'; pin it "
+              "there, or set null to turn it off.", file=sys.stderr)
+    elif key.get("mode") == "auto":
+        print("split: no subject key in the file names (split.group_regex: auto); give one if images of one "
+              "patient or object share no name part.", file=sys.stderr)

@@ -11,6 +11,8 @@ class SplitReport:
     labels_without_file: list[str] = field(default_factory=list)
     empty_folders: list[str] = field(default_factory=list)
     ungrouped_files: int = 0
+    too_small_for_near_duplicates: int = 0  # images below phash.MIN_SIDE: exact copies only are found
+    group_key: dict = field(default_factory=dict)  # how subjects were found in file names (split.group_regex)
     near_duplicate_pairs: list[tuple[str, str]] = field(default_factory=list)
 
     def skip(self, path: str, reason: str) -> None:

@@ -21,16 +21,18 @@ def _kaggle():
     return kaggle
 
 
-def resolved(source: str) -> str:
+def resolved(source: str, pin_kaggle: bool = True) -> str:
     """`source` as params.yaml should hold it: a path made absolute (DVC then finds it from
-    experiments' temporary copies of the project too), a Kaggle data set pinned to its newest version."""
+    experiments' temporary copies of the project too) and checked, a Kaggle data set pinned to its
+    newest version (`pin_kaggle`)."""
     kind, _, where = source.partition(":")
     if kind == "path":
         path = Path(where.strip()).expanduser().resolve()
         if not path.exists():
-            raise TlpipeError(f"tlpipe source: {path} does not exist; give an image folder or an archive.")
+            raise TlpipeError(f"data.source {source}: {path} does not exist; give an image folder or an archive. "
+                              "Nothing was changed.")
         return f"path:{path}"
-    if kind == "kaggle" and _kaggle().named_version(where) is None and not where.startswith("c/"):
+    if pin_kaggle and kind == "kaggle" and _kaggle().named_version(where) is None and not where.startswith("c/"):
         return f"kaggle:{where}/{_kaggle().newest_version(where)}"
     return source
 

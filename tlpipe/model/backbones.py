@@ -156,6 +156,25 @@ def input_size(name: str) -> int:
     return int(_torchvision_models().get_model_weights(name).DEFAULT.transforms().crop_size[0])
 
 
+def minimum_input_size(name: str) -> int:
+    """The smallest square input the backbone takes (its weights' `min_size`; the whole input size
+    for a timm model of fixed input size, such as a ViT); 32 for the offline EfficientNet-Lites."""
+    if name in LITE_INPUT_SIZE:
+        return 32
+    if name.startswith("timm:"):
+        import timm
+
+        config = timm.get_pretrained_cfg(name.removeprefix("timm:"))
+        if config is None:
+            return 32
+        if getattr(config, "fixed_input_size", False):
+            return int(config.input_size[-1])
+        return int((getattr(config, "min_input_size", None) or (3, 32, 32))[-1])
+    if name not in _torchvision_names():
+        _torchvision(name, pretrained=False)  # raises the unknown-name error with suggestions
+    return int(_torchvision_models().get_model_weights(name).DEFAULT.meta.get("min_size", (1, 1))[0])
+
+
 def create_backbone(name: str, weights: str, spatial: bool = False) -> Backbone:
     """The backbone `name`; `spatial`: its last feature map (N, C, h, w) instead of pooled features,
     for attention pooling."""

@@ -11,6 +11,8 @@
 
 from torch import nn
 
+from tlpipe.errors import TlpipeError
+
 from tlpipe.model.backbones import block_groups
 from tlpipe.model.classifier import Classifier
 
@@ -43,11 +45,13 @@ def choose(strategy: str, n_train: int, probe_val_score: float | None) -> tuple[
 def trainable_blocks(model: Classifier, epoch: int, cfg: dict) -> list[nn.Module]:
     """The block groups of the body that train in `epoch` under cfg['strategy'] (already chosen)."""
     blocks = block_groups(model.body)
+    last = cfg["strategy"] == "last_blocks" and cfg["unfreeze"] != "all"
+    if last and int(cfg["unfreeze"]) > len(blocks):  # checked from the first epoch on, frozen or not
+        raise TlpipeError(f"finetune.unfreeze: {cfg['unfreeze']} last block groups, but this backbone has "
+                          f"{len(blocks)}; set at most {len(blocks)}, or finetune.strategy: all.")
     if cfg["strategy"] == "head" or epoch < cfg["freeze_epochs"]:
         return []
-    if cfg["strategy"] == "last_blocks" and cfg["unfreeze"] != "all":
-        return blocks[-int(cfg["unfreeze"]):]
-    return blocks
+    return blocks[-int(cfg["unfreeze"]):] if last else blocks
 
 
 def set_trainable(model: Classifier, epoch: int, cfg: dict) -> None:

@@ -10,15 +10,16 @@ written into params.yaml, where `dvc repro` trains and evaluates it.
 
 import itertools
 import json
+import re
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from tlpipe.atomic import atomic_path
 from tlpipe.errors import TlpipeError
+from tlpipe.params import validate
+from tlpipe.params_yaml import parse
 from tlpipe.use.compare import dig, file_at, experiments
 
 # The default space: augmentation strength, length of the schedule, learning rate (auto: the range
@@ -39,14 +40,35 @@ class Point:
     state: str = "queued"
 
 
-def parse_space(items: list[str]) -> dict[str, list]:
-    """['finetune.lr=0.001,auto', ...] -> {'finetune.lr': [0.001, 'auto']} (values read as YAML)."""
+def parse_space(items: list[str], base: dict) -> dict[str, list]:
+    """['finetune.lr=0.001,auto', ...] -> {'finetune.lr': [0.001, 'auto']}, values read as params.yaml
+    and DVC read them (YAML 1.2: `1e-3` is a number). Every point is checked against the params
+    schema on top of `base` (params.yaml) before anything is queued."""
     space = {}
     for item in items:
         key, sep, values = item.partition("=")
-        if not sep or "." not in key or not values:
+        key = key.strip()
+        if not sep or "." not in key or not values.strip():
             raise TlpipeError(f"tune: --space {item!r} is not KEY=VALUE[,VALUE...], e.g. finetune.lr=0.001,auto")
-        space[key.strip()] = [yaml.safe_load(v) for v in values.split(",")]
+        if key in space:
+            raise TlpipeError(f"tune: --space names {key} twice; give its values once: {key}=V1,V2,...")
+        parts = [v.strip() for v in values.split(",")]
+        if "" in parts:
+            raise TlpipeError(f"tune: --space {item!r} has an empty value (two commas, or one at the end); "
+                              "remove it.")
+        space[key] = [parse(v, f"--space {key}") for v in parts]
+    for key, values in space.items():
+        section, _, name = key.partition(".")
+        for value in values:
+            trial = {s: dict(v) for s, v in base.items()}
+            if section not in trial or name not in trial[section]:
+                raise TlpipeError(f"tune: --space {key}: params.yaml has no such key; see params.yaml for the "
+                                  "keys (section.key).")
+            trial[section][name] = value
+            try:
+                validate(trial)
+            except TlpipeError as error:
+                raise TlpipeError(f"tune: --space {key}={value}: {error}") from None
     return space
 
 
@@ -67,9 +89,15 @@ def _wait_for_queue(cwd: Path, names: set[str], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         status = _run(["dvc", "queue", "status"], cwd)
-        if not any(name in line and ("Queued" in line or "Running" in line)
-                   for line in status.splitlines() for name in names):
+        waiting = [line for line in status.splitlines() if any(name in line for name in names)
+                   and ("Queued" in line or "Running" in line)]
+        if not waiting:
             return
+        workers = re.search(r"(\d+) active, (\d+) idle", status)
+        if workers and workers.groups() == ("0", "0"):
+            raise TlpipeError(f"tune: DVC's queue has no worker left and {len(waiting)} points waiting "
+                              "(its worker stopped); `dvc queue logs NAME` shows why, `dvc queue start` "
+                              "runs them again.")
         time.sleep(QUEUE_POLL_S)
     raise TlpipeError(f"tune: the queue did not finish in {timeout_s:.0f} s; `dvc queue status` shows where it is "
                       "and `dvc exp show` what has finished.")
@@ -104,15 +132,29 @@ def search(space: dict[str, list], metric: str, jobs: int, cwd: Path = Path(".")
     if metric not in METRICS:
         raise TlpipeError(f"tune: --metric {metric!r} is not one of {', '.join(METRICS)}.")
     points = grid(space, time.strftime("%Y%m%d-%H%M%S"))
-    for point in points:
-        sets = [arg for key, value in point.values.items() for arg in ("-S", f"{key}={value}")]
-        _run(["dvc", "exp", "run", "--queue", "-n", point.name, *sets, "finetune"], cwd)
-    log(f"tune: {len(points)} points queued as {points[0].name}..{points[-1].name.rsplit('-', 1)[1]} "
-        "(the finetune stage only: the test split is not read)")
-    _run(["dvc", "queue", "start", "-j", str(jobs)], cwd)
-    _wait_for_queue(cwd, {p.name for p in points}, timeout_s)
+    queued: list[str] = []
+    try:
+        for point in points:
+            sets = [arg for key, value in point.values.items() for arg in ("-S", f"{key}={value}")]
+            _run(["dvc", "exp", "run", "--queue", "-n", point.name, *sets, "finetune"], cwd)
+            queued.append(point.name)
+        log(f"tune: {len(points)} points queued as {points[0].name}..{points[-1].name.rsplit('-', 1)[1]} "
+            "(the finetune stage only: the test split is not read)")
+        _run(["dvc", "queue", "start", "-j", str(jobs)], cwd)
+        _wait_for_queue(cwd, set(queued), timeout_s)
+    except BaseException:  # Ctrl-C or an error: no point of this search goes on running unseen
+        _withdraw(queued, cwd)
+        raise
     score(points, metric, cwd)
     return points, best(points, metric)
+
+
+def _withdraw(names: list[str], cwd: Path) -> None:
+    """Stop the running points and take the queued ones out of DVC's queue (finished ones stay)."""
+    if not names:
+        return
+    subprocess.run(["dvc", "queue", "kill", "--force", *names], cwd=cwd, capture_output=True)
+    subprocess.run(["dvc", "queue", "remove", *names], cwd=cwd, capture_output=True)
 
 
 def table(points: list[Point], winner: Point, metric: str) -> str:

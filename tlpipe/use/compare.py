@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
-import yaml
 from PIL import Image, ImageDraw
 
 from tlpipe.atomic import atomic_path
 from tlpipe.errors import TlpipeError
+from tlpipe.params_yaml import parse  # YAML 1.2 numbers, as DVC records them in dvc.lock
 
 PARAMS = {"backbone": "backbone.name", "strategy": "finetune.strategy", "head": "head.kind",
           "size": "resize.size", "epochs": "finetune.epochs", "lr": "finetune.lr"}
@@ -31,11 +31,17 @@ CHART_FIGURES = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc")
 COLOURS = ("#4c78a8", "#f58518", "#54a24b", "#b279a2")
 
 
-def _git(args: list[str], cwd: Path) -> str:
-    result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+def _resolve(name: str, cwd: Path, names: dict[str, str]) -> str:
+    """The commit of a branch, tag, commit or experiment name."""
+    if name in names:
+        return names[name]
+    result = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{name}^{{commit}}"], cwd=cwd,
+                            capture_output=True, text=True)
     if result.returncode != 0:
-        raise TlpipeError(f"compare: git {' '.join(args)} failed: {result.stderr.strip().splitlines()[-1:]}")
-    return result.stdout
+        known = ", ".join(sorted(names)[:8]) or "none"
+        raise TlpipeError(f"compare: {name!r} is not a branch, tag or commit, nor an experiment of this commit "
+                          f"(experiments: {known}); `dvc exp show` lists them.")
+    return result.stdout.strip()
 
 
 def file_at(rev: str, path: str, cwd: Path):
@@ -43,12 +49,12 @@ def file_at(rev: str, path: str, cwd: Path):
     the DVC cache, as the detailed metrics files are), or None when that revision does not hold it."""
     result = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=cwd, capture_output=True, text=True)
     if result.returncode == 0:
-        return yaml.safe_load(result.stdout)
+        return parse(result.stdout, f"{rev[:12]}:{path}")
     import dvc.api
     from dvc.exceptions import DvcException
 
     try:
-        return yaml.safe_load(dvc.api.read(path, repo=str(cwd), rev=rev))
+        return parse(dvc.api.read(path, repo=str(cwd), rev=rev), f"{rev[:12]}:{path}")
     except (DvcException, FileNotFoundError, OSError):
         return None
 
@@ -83,14 +89,42 @@ def experiments(cwd: Path, allow_none: bool = False) -> list[tuple[str, str]]:
     return found
 
 
+def stale_stages(lock: dict | None, params: dict) -> set[str]:
+    """The stages of a revision whose recorded outputs were not made from that revision's inputs: a
+    dependency another stage's output has changed since, or a params value that is no longer the
+    one recorded (an experiment of finetune alone keeps evaluate's outputs of its baseline)."""
+    stages = (lock or {}).get("stages") or {}
+    made = {out["path"]: out.get("md5") for spec in stages.values() for out in spec.get("outs") or []}
+    stale = set()
+    for name, spec in stages.items():
+        moved = any(dep["path"] in made and dep.get("md5") != made[dep["path"]] for dep in spec.get("deps") or [])
+        recorded = (spec.get("params") or {}).get("params.yaml") or {}
+        changed = any(dig(params, key) != value for key, value in recorded.items())
+        if moved or changed:
+            stale.add(name)
+    for _ in stages:  # what follows a stale stage is stale too
+        stale |= {name for name, spec in stages.items()
+                  if any(dep["path"] in made and _producer(stages, dep["path"]) in stale
+                         for dep in spec.get("deps") or [])}
+    return stale
+
+
+def _producer(stages: dict, path: str) -> str | None:
+    return next((name for name, spec in stages.items() if any(o["path"] == path for o in spec.get("outs") or [])),
+                None)
+
+
 def row(name: str, rev: str, cwd: Path) -> dict:
-    """One revision's row: its params, the fine-tuned model's val/test figures, the stages' wall times."""
+    """One revision's row: its params, the fine-tuned model's val/test figures, the stages' wall times.
+    A figure whose stage did not run on this revision's inputs is left blank, never borrowed."""
     params = file_at(rev, "params.yaml", cwd)
-    evaluated = file_at(rev, "metrics/evaluate.json", cwd)
-    if params is None or evaluated is None:
-        raise TlpipeError(f"compare: revision {name} ({rev[:12]}) holds no params.yaml or metrics/evaluate.json; "
-                          "was `dvc repro` run and committed there?")
-    out = {"experiment": name, "rev": rev[:7]}
+    if params is None:
+        raise TlpipeError(f"compare: revision {name} ({rev[:12]}) holds no params.yaml; is it a commit of this "
+                          "project?")
+    stale = stale_stages(file_at(rev, "dvc.lock", cwd), params)
+    evaluated = None if "evaluate" in stale else file_at(rev, "metrics/evaluate.json", cwd)
+    out = {"experiment": name, "rev": rev[:7],
+           "evaluated": "yes" if evaluated is not None else "no (evaluate did not run on this model)"}
     out |= {column: dig(params, key) for column, key in PARAMS.items()}
     for column, (path, key) in CHOSEN.items():  # what `auto` became, where the run recorded it
         chosen = dig(file_at(rev, path, cwd), key)
@@ -101,15 +135,18 @@ def row(name: str, rev: str, cwd: Path) -> dict:
         for column, names in FIGURES.items():
             out[f"{split}_{column}"] = next((figures[n] for n in names if n in figures), None)
     for column, path in WALL_TIMES.items():
-        out[column] = dig(file_at(rev, path, cwd), "wall_s")
+        stage = "finetune" if "finetune" in path else "train-head"
+        out[column] = None if stage in stale else dig(file_at(rev, path, cwd), "wall_s")
     return out
 
 
 def table(revisions: Sequence[str] = (), cwd: str | Path = ".") -> pd.DataFrame:
-    """The comparison of `revisions` (names Git knows), or of every experiment when none are given."""
+    """The comparison of `revisions` (branches, tags, commits or experiment names), or of every
+    experiment when none are given."""
     cwd = Path(cwd)
-    named = [(rev, _git(["rev-parse", "--verify", f"{rev}^{{commit}}"], cwd).strip()) for rev in revisions]
-    return pd.DataFrame([row(name, rev, cwd) for name, rev in (named or experiments(cwd))])
+    found = experiments(cwd, allow_none=bool(revisions))
+    named = [(name, _resolve(name, cwd, dict(found))) for name in revisions]
+    return pd.DataFrame([row(name, rev, cwd) for name, rev in (named or found)])
 
 
 def markdown(frame: pd.DataFrame) -> str:

@@ -1,0 +1,62 @@
+"""`tlpipe tune` checks its whole command before any work, and leaves nothing running behind it."""
+
+import pytest
+
+from conftest import default_params, run
+from tlpipe.errors import TlpipeError
+from tlpipe.train import tune
+
+
+@pytest.mark.parametrize("space, said", [
+    (["finetune.epochs=two"], "--space finetune.epochs=two: params: 'finetune.epochs' must be int >= 0"),
+    (["finetune.lr=0.001,"], "has an empty value"),
+    (["finetune.lr=0.001", "finetune.lr=0.01"], "names finetune.lr twice"),
+    (["finetune.nosuch=1"], "--space finetune.nosuch: params.yaml has no such key"),
+    (["finetune.lr="], "is not KEY=VALUE"),
+])
+def test_a_bad_space_is_refused_before_anything_is_queued(space, said):
+    with pytest.raises(TlpipeError, match=None) as info:
+        tune.parse_space(space, default_params())
+    assert said in str(info.value)
+
+
+def test_space_values_are_read_as_params_yaml_reads_them():
+    assert tune.parse_space(["finetune.lr=1e-3,auto", "finetune.epochs=2"], default_params()) == {
+        "finetune.lr": [0.001, "auto"], "finetune.epochs": [2]}
+
+
+def test_the_cli_refuses_a_folder_out_and_a_bad_value_before_queueing(dvc_project):
+    (dvc_project / "tune").mkdir()
+    for args, said in ((["--out", "tune"], "--out tune is a folder"),
+                       (["--space", "finetune.epochs=two"], "'finetune.epochs' must be int")):
+        result = run(["tlpipe", "tune", *args], dvc_project, check=False)
+        assert result.returncode == 2 and said in result.stderr and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert "tune-" not in run(["dvc", "queue", "status"], dvc_project).stdout
+
+
+def test_a_dead_worker_ends_the_wait_with_one_line(monkeypatch, tmp_path):
+    status = ("Task     Name          Created    Status\n"
+              "abc123   tune-x-1      10:00 AM   Queued\n\n"
+              "Worker status: 0 active, 0 idle\n")
+    monkeypatch.setattr(tune, "_run", lambda args, cwd: status)
+    with pytest.raises(TlpipeError, match="no worker left and 1 points waiting"):
+        tune._wait_for_queue(tmp_path, {"tune-x-1"}, timeout_s=60)
+
+
+def test_ctrl_c_withdraws_the_queued_points(monkeypatch, tmp_path):
+    calls = []
+
+    def fake_run(args, cwd):
+        calls.append(args)
+        if args[:3] == ["dvc", "queue", "status"]:
+            raise KeyboardInterrupt
+        return ""
+
+    monkeypatch.setattr(tune, "_run", fake_run)
+    monkeypatch.setattr(tune.subprocess, "run", lambda args, **kw: calls.append(args))
+    with pytest.raises(KeyboardInterrupt):
+        tune.search({"finetune.lr": [0.001, 0.01]}, "val_loss", 1, tmp_path, log=lambda *_: None)
+    queued = [a[a.index("-n") + 1] for a in calls if a[:4] == ["dvc", "exp", "run", "--queue"]]
+    assert len(queued) == 2
+    assert ["dvc", "queue", "kill", "--force", *queued] in calls and ["dvc", "queue", "remove", *queued] in calls
