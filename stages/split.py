@@ -3,7 +3,8 @@
 from tlpipe import params
 from tlpipe.atomic import atomic_path, write_json
 from tlpipe.data.raw import RawData
-from tlpipe.data.split import build_split, say_group_key, split_metrics, warn_leaks, write_split_csv
+from tlpipe.data.split import (build_split, say_group_key, split_metrics, warn_carved_by_image, warn_leaks,
+                              write_split_csv)
 from tlpipe.stage import run, wall_s
 
 
@@ -17,6 +18,7 @@ def main() -> None:
     write_json("metrics/split.json", metrics)
     warn_leaks(metrics)
     say_group_key(metrics["group_key"])
+    warn_carved_by_image(metrics["carved_by_image"])
     print(f"split: {metrics['total']} ({metrics['skipped_count']} files skipped, see metrics/split.json)")
 
 

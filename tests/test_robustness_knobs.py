@@ -97,3 +97,26 @@ def test_repeated_archive_entries_are_never_read_as_one_another(tmp_path, kind):
         assert "set/b/01.png" in listed and "same bytes; the first is used" in reasons["set/b/01.png"]
     else:  # a tar does not say whether two members hold the same bytes without reading them
         assert "set/b/01.png" not in listed and "set/b/01.png" in reasons
+
+
+def test_a_size_below_the_backbones_smallest_input_stops_resize_with_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from conftest import REPO
+
+    p = default_params()
+    p["backbone"]["name"], p["resize"]["size"] = "inception_v3", 48
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    (tmp_path / "data" / "raw" / "a").mkdir(parents=True)
+    (tmp_path / "data" / "raw" / "a" / "x.png").write_bytes(png_bytes(1))
+    (tmp_path / "data" / "split.csv").write_text("path,label,split,group\na/x.png,a,train,a/x.png\n")
+    result = subprocess.run([sys.executable, str(REPO / "stages" / "resize.py")], cwd=tmp_path, text=True,
+                            capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == ("error: resize.size: 48 px is below the smallest input "
+                                                      "inception_v3 takes (75 px); set resize.size: 75 or more, or auto.")
+    assert not (tmp_path / "data" / "cache").exists()

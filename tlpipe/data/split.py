@@ -197,22 +197,40 @@ def carve(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) ->
     return rows["group"].isin(set(held_out)).to_numpy()
 
 
-def assign_splits(images: pd.DataFrame, cfg: dict) -> pd.Series:
+def carvable_groups(images: pd.DataFrame, fraction: float, report: SplitReport) -> np.ndarray:
+    """The groups to carve by. Where even the largest class has too few groups to carve `fraction`
+    by group (the frames of a few rotating objects, a few patients), the classes short of groups
+    are carved image by image instead of refusing, and the report says so: their held-out images
+    then have near-copies in training, and figures on them are flattered."""
+    groups = images["group"].to_numpy(dtype=object).copy()
+    needed = max(2, round(1 / fraction)) if fraction > 0 else 0
+    per_class = images.groupby("label")["group"].nunique()
+    if not len(per_class) or per_class.max() >= needed:
+        return groups
+    for label, count in per_class[per_class < needed].items():
+        rows = (images["label"] == label).to_numpy()
+        if rows.sum() >= needed:
+            groups[rows] = images["path"].to_numpy()[rows]
+            report.carved_by_image.setdefault(str(label), {"groups": int(count), "images": int(rows.sum())})
+    return groups
+
+
+def assign_splits(images: pd.DataFrame, cfg: dict, report: SplitReport) -> pd.Series:
     split = images["shipped"].copy()
     if cfg["existing_val"] == "train":
         split[split == "val"] = "train"
     pool = split.isna() | (split == "train")
     if not (split == "test").any() and cfg["test_fraction"] > 0:
-        mask = carve(images["label"][pool].to_numpy(), images["group"][pool].to_numpy(),
-                     cfg["test_fraction"], cfg["seed"])
+        groups = carvable_groups(images[pool], cfg["test_fraction"], report)
+        mask = carve(images["label"][pool].to_numpy(), groups, cfg["test_fraction"], cfg["seed"])
         split[pool[pool].index[mask]] = "test"
         pool &= split != "test"
         val_share = cfg["val_fraction"] / (1 - cfg["test_fraction"])
     else:
         val_share = cfg["val_fraction"]
     if not (split == "val").any():
-        mask = carve(images["label"][pool].to_numpy(), images["group"][pool].to_numpy(),
-                     min(val_share, 0.5), cfg["seed"] + 1)
+        groups = carvable_groups(images[pool], min(val_share, 0.5), report)
+        mask = carve(images["label"][pool].to_numpy(), groups, min(val_share, 0.5), cfg["seed"] + 1)
         split[pool[pool].index[mask]] = "val"
     split[split.isna()] = "train"
     if not (split == "train").any():
@@ -240,7 +258,7 @@ def build_split(raw: RawData, cfg: dict) -> tuple[pd.DataFrame, SplitReport]:
     if cfg["existing_test"] == "train":  # carve a test split of our own, by groups, from everything
         images.loc[images["shipped"] == "test", "shipped"] = "train"
     images = handle_duplicates(images, raw, cfg, report)
-    images["split"] = assign_splits(images, cfg)
+    images["split"] = assign_splits(images, cfg, report)
     table = images[COLUMNS]
     small = _too_small_classes(table)
     if small and cfg["small_class"] == "error":
@@ -266,6 +284,9 @@ def split_metrics(table: pd.DataFrame, report: SplitReport, similarity: float | 
         "counts": {s: {label: int(n) for label, n in counts.loc[s].items()} for s in SPLITS if s in counts.index},
         "groups": {s: int(table["group"][table["split"] == s].nunique()) for s in SPLITS},
         "group_key": report.group_key,
+        # classes with too few groups (subjects, near-duplicate groups) to carve by group, carved image
+        # by image: their validation and test images have near-copies in training (flattered figures)
+        "carved_by_image": report.carved_by_image,
         "ungrouped_files": report.ungrouped_files,
         "skipped_count": len(report.skipped),
         "skipped": sorted(report.skipped, key=lambda r: r["path"]),
@@ -303,3 +324,12 @@ def say_group_key(key: dict) -> None:
     elif key.get("mode") == "auto":
         print("split: no subject key in the file names (split.group_regex: auto); give one if images of one "
               "patient or object share no name part.", file=sys.stderr)
+
+
+def warn_carved_by_image(carved: dict) -> None:
+    if carved:
+        detail = ", ".join(f"{label} ({c['images']} images in {c['groups']} groups)" for label, c in carved.items())
+        print(f"split: WARNING: too few image groups to carve validation and test by group in {detail}: those "
+              "classes were carved image by image, so their held-out images have near-copies in training and "
+              "figures on them are flattered (metrics/split.json: carved_by_image). Ship a split of separate "
+              "objects or sessions to measure them honestly.", file=sys.stderr)
