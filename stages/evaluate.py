@@ -14,7 +14,7 @@ from tlpipe.distributed import finish, from_env, init, process_count, relaunch
 from tlpipe.runtime import tune_malloc
 from tlpipe.stage import run, wall_s
 from tlpipe.use.ensemble import ensemble_report
-from tlpipe.use.metrics import classification_metrics, majority_baseline
+from tlpipe.use.metrics import classification_metrics, intervals, majority_baseline
 from tlpipe.use.plots import confusion_rows, pr_rows, roc_rows
 from tlpipe.use.predictions import make_table, write_table
 from tlpipe.use.prior_shift import prior_adjusted_figures
@@ -69,9 +69,12 @@ def main() -> None:
             for model_name, model_probs in probs.items():
                 report[model_name]["test_prior_adjusted"] = prior_adjusted_figures(
                     val_probs[model_name], model_probs, labels, classes)
+        groups = load_groups(index["path"]) if split == "test" else None
         for model_name, model_probs in probs.items():
             rule = rules[model_name]
             report[model_name][split] = classification_metrics(labels, model_probs, classes, rule)
+            if split == "test":  # every test figure with its 95% interval, patients resampled whole
+                report[model_name][split]["interval_95"] = intervals(labels, model_probs, classes, rule, groups)
             rows = confusion_rows(labels, decide(model_probs, rule), classes, cfg["confusion_max_rows"])
             write_json(f"plots/evaluate/confusion_{model_name}_{split}.json", rows)
             report[model_name][split]["confusion_plot_rows"] = {"rows": len(rows), "images": len(labels)}

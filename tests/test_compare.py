@@ -1,6 +1,7 @@
 """`tlpipe compare` on three queued DVC experiments: the table's numbers are each experiment's own
 metrics files, and the chart is written."""
 
+import io
 import json
 import time
 
@@ -74,6 +75,19 @@ def test_compare_three_queued_experiments(dvc_project, tmp_path):
         assert record["strategy"] == finetuned["strategy"] == {"e-head": "head", "e-last": "last_blocks",
                                                                 "e-all": "all"}[record["experiment"]]
         assert record["epochs"] == (2 if record["experiment"] == "e-all" else 1)
+    # the three compared pairwise on the same test images: counts from each one's own predictions
+    md = (project / "cmp" / "comparison.md").read_text()
+    assert "McNemar" in md and ("not distinguishable" in md or "differ (p <" in md)
+    assert "McNemar" in result.stdout
+    predictions = {r["experiment"]: pd.read_csv(io.StringIO(dvc.api.read(
+        "data/predictions/finetune_test.csv", repo=str(project), rev=r["rev"]))) for r in frame.to_dict("records")}
+    pairs = [line for line in md.split("McNemar", 1)[1].splitlines() if line.startswith("| e-")]
+    assert len(pairs) == 3
+    for line in pairs:
+        a, b, n, only_a, only_b = [cell.strip() for cell in line.strip("|").split("|")][:5]
+        right = {k: predictions[k]["predicted"].astype(str) == predictions[k]["label"].astype(str) for k in (a, b)}
+        assert int(n) == len(predictions[a])
+        assert int(only_a) == int((right[a] & ~right[b]).sum()) and int(only_b) == int((right[b] & ~right[a]).sum())
     chart = Image.open(project / "cmp" / "comparison.png")
     assert chart.size[0] >= 480 and len(np.unique(np.asarray(chart.convert("RGB")).reshape(-1, 3), axis=0)) > 4
 

@@ -63,6 +63,17 @@ def test_repro_status_and_incremental_reruns(dvc_project, tmp_path):
     metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
     assert {"baseline", "head", "finetune"} <= set(metrics)  # plus the stage's wall_s
     assert metrics["finetune"]["test"]["n"] == len(load_split(project / "data" / "cache", "test")[1])
+    # every test figure has its 95% interval, around the figure itself
+    for model in ("finetune", "head"):
+        test = metrics[model]["test"]
+        for name in ("accuracy", "balanced_accuracy", "macro_f1"):
+            low, high = test["interval_95"][name]
+            assert low <= test[name] <= high, (model, name, low, test[name], high)
+    headline = json.loads((project / "metrics" / "headline.json").read_text())
+    assert headline["finetuned"]["test"]["accuracy_95"] == metrics["finetune"]["test"]["interval_95"]["accuracy"]
+    band = headline["finetuned"]["test"]["accuracy_95"]
+    assert f"({band[0]:.3f}-{band[1]:.3f})" in (project / "reports" / "summary.html").read_text()
+    assert "accuracy_95" not in run(["dvc", "metrics", "show"], project).stdout  # lists: not a column
 
     # models/model.pt alone reproduces evaluate's test predictions.
     model, meta = load_model(project / "models" / "model.pt")

@@ -280,7 +280,7 @@ def default_text() -> str:
     (lambda t: t.replace("lr: 0.001              # peak", "lr: .nan              # peak"), "'finetune.lr' .* not a finite"),
     (lambda t: t.replace("max_archive_gb: 50", "max_archive_gb: .inf"), "'data.max_archive_gb' .* not a finite"),
     (lambda t: t.replace("  seed: 42\n", "  seed: 42\n  seed: 43\n"), "duplicate key 'seed' \\(line"),
-    (lambda t: t.replace("group_regex: null", "group_regex: '(person'"), "'split.group_regex' is not a valid regular"),
+    (lambda t: t.replace("group_regex: auto", "group_regex: '(person'"), "'split.group_regex' is not a valid regular"),
     (lambda t: t.replace("labels_csv: null", "labels_csv: /home/me/labels.csv"), "'split.labels_csv' must be a path inside data/raw"),
     (lambda t: t.replace("labels_csv: null", "labels_csv: ../labels.csv"), "'split.labels_csv' must be a path inside data/raw"),
     (lambda t: t.encode("utf-8").replace(b"# Every knob", b"# \xe9very knob"), "not UTF-8 text"),

@@ -50,7 +50,8 @@ def test_unfreezing_more_blocks_than_the_backbone_has_is_refused_at_the_first_ep
 
 
 def test_auto_size_respects_the_backbones_smallest_input():
-    assert minimum_input_size("inception_v3") == 75 and minimum_input_size("efficientnet_lite0") == 32
+    assert minimum_input_size("inception_v3") == 75 and minimum_input_size("efficientnet_lite0") == 1
+    assert minimum_input_size("timm:vit_tiny_patch16_224") == 224  # a fixed input size
     assert auto_size(299, 48, minimum_input_size("inception_v3")) == 75
     assert auto_size(224, 48, minimum_input_size("efficientnet_lite0")) == 64
 

@@ -120,12 +120,18 @@ def compare(args: argparse.Namespace) -> None:
     backbone, strategy, head, size, epochs, lr against the fine-tuned model's validation and
     test accuracy, balanced accuracy, log loss, macro precision/recall/F1, kappa, ROC AUC, and
     the wall times of train-head and finetune, read from the metrics files of that revision.
-    Writes OUT/comparison.md, .csv and a bar chart .png."""
-    from tlpipe.use.compare import markdown, table, write
+    The three best by test accuracy are compared pairwise on the same test images (McNemar's
+    exact test): the table says which differences are beyond chance. Writes OUT/comparison.md,
+    .csv and a bar chart .png."""
+    from tlpipe.use.compare import PAIRED_TITLE, markdown, paired, table, write
 
     frame = table(args.revisions)
-    paths = write(frame, args.out)
+    pairs = paired(frame, Path("."))
+    frame = frame.drop(columns="full_rev")
+    paths = write(frame, args.out, pairs)
     print(markdown(frame), end="")
+    if len(pairs):
+        print(f"\n{PAIRED_TITLE}\n{markdown(pairs)}", end="")
     print(f"compare: {len(frame)} runs -> {paths['markdown']}, {paths['csv']}, {paths['chart']}")
 
 

@@ -157,19 +157,20 @@ def input_size(name: str) -> int:
 
 
 def minimum_input_size(name: str) -> int:
-    """The smallest square input the backbone takes (its weights' `min_size`; the whole input size
-    for a timm model of fixed input size, such as a ViT); 32 for the offline EfficientNet-Lites."""
+    """The smallest square input the backbone takes, where its weights say (torchvision's
+    `min_size`, timm's `min_input_size`; the whole input size for a timm model of fixed input size,
+    such as a ViT); else 1 (the offline EfficientNet-Lites pool whatever size they are given)."""
     if name in LITE_INPUT_SIZE:
-        return 32
+        return 1
     if name.startswith("timm:"):
         import timm
 
         config = timm.get_pretrained_cfg(name.removeprefix("timm:"))
         if config is None:
-            return 32
+            return 1
         if getattr(config, "fixed_input_size", False):
             return int(config.input_size[-1])
-        return int((getattr(config, "min_input_size", None) or (3, 32, 32))[-1])
+        return int((getattr(config, "min_input_size", None) or (1,))[-1])
     if name not in _torchvision_names():
         _torchvision(name, pretrained=False)  # raises the unknown-name error with suggestions
     return int(_torchvision_models().get_model_weights(name).DEFAULT.meta.get("min_size", (1, 1))[0])

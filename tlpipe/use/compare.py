@@ -27,6 +27,8 @@ FIGURES = {"accuracy": ("accuracy",), "balanced_accuracy": ("balanced_accuracy",
            "macro_f1": ("macro_f1", "f1_macro"), "kappa": ("cohen_kappa", "kappa"), "roc_auc": ("roc_auc",)}
 WALL_TIMES = {"train_head_s": "metrics/train_head.json", "finetune_s": "metrics/finetune.json"}
 CHOSEN = {"strategy": ("metrics/finetune.json", "strategy"), "lr": ("metrics/finetune.json", "peak_lr")}
+PAIRED_TITLE = ("Paired comparison of the best rows by test accuracy, on the same test images "
+                "(McNemar's exact test on the images one model gets right and the other wrong):")
 CHART_FIGURES = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc")
 COLOURS = ("#4c78a8", "#f58518", "#54a24b", "#b279a2")
 
@@ -123,7 +125,7 @@ def row(name: str, rev: str, cwd: Path) -> dict:
                           "project?")
     stale = stale_stages(file_at(rev, "dvc.lock", cwd), params)
     evaluated = None if "evaluate" in stale else file_at(rev, "metrics/evaluate.json", cwd)
-    out = {"experiment": name, "rev": rev[:7],
+    out = {"experiment": name, "rev": rev[:7], "full_rev": rev,
            "evaluated": "yes" if evaluated is not None else "no (evaluate did not run on this model)"}
     out |= {column: dig(params, key) for column, key in PARAMS.items()}
     for column, (path, key) in CHOSEN.items():  # what `auto` became, where the run recorded it
@@ -147,6 +149,43 @@ def table(revisions: Sequence[str] = (), cwd: str | Path = ".") -> pd.DataFrame:
     found = experiments(cwd, allow_none=bool(revisions))
     named = [(name, _resolve(name, cwd, dict(found))) for name in revisions]
     return pd.DataFrame([row(name, rev, cwd) for name, rev in (named or found)])
+
+
+def predictions_at(rev: str, cwd: Path) -> pd.DataFrame | None:
+    """The fine-tuned model's test predictions of `rev` (path, label, predicted), from the DVC cache."""
+    import io
+
+    import dvc.api
+    from dvc.exceptions import DvcException
+
+    try:
+        text = dvc.api.read("data/predictions/finetune_test.csv", repo=str(cwd), rev=rev)
+    except (DvcException, FileNotFoundError, OSError):
+        return None
+    return pd.read_csv(io.StringIO(text), usecols=["path", "label", "predicted"], dtype=str)
+
+
+def paired(frame: pd.DataFrame, cwd: Path, top: int = 3, alpha: float = 0.05) -> pd.DataFrame:
+    """McNemar's exact test between the `top` rows by test accuracy, on the test images both
+    were evaluated on: whether their difference in accuracy is beyond chance."""
+    from scipy.stats import binomtest
+
+    ranked = frame[frame["evaluated"] == "yes"].sort_values("test_accuracy", ascending=False).head(top)
+    found = {r["experiment"]: predictions_at(r["full_rev"], cwd) for r in ranked.to_dict("records")}
+    rows = []
+    names = [name for name, table in found.items() if table is not None]
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            both = found[a].merge(found[b], on=["path", "label"], suffixes=("_a", "_b"))
+            if not len(both):
+                continue
+            right_a, right_b = both["predicted_a"] == both["label"], both["predicted_b"] == both["label"]
+            only_a, only_b = int((right_a & ~right_b).sum()), int((right_b & ~right_a).sum())
+            p_value = binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+            rows.append({"a": a, "b": b, "test_images": len(both), "only_a_right": only_a, "only_b_right": only_b,
+                         "p_mcnemar": round(float(p_value), 4),
+                         "verdict": f"differ (p < {alpha})" if p_value < alpha else "not distinguishable"})
+    return pd.DataFrame(rows, columns=["a", "b", "test_images", "only_a_right", "only_b_right", "p_mcnemar", "verdict"])
 
 
 def markdown(frame: pd.DataFrame) -> str:
@@ -193,12 +232,12 @@ def bar_chart(frame: pd.DataFrame, path: Path, split: str = "test") -> None:
         image.save(tmp, format="PNG")
 
 
-def write(frame: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
+def write(frame: pd.DataFrame, out_dir: str | Path, pairs: pd.DataFrame | None = None) -> dict[str, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": out_dir / "comparison.md", "csv": out_dir / "comparison.csv", "chart": out_dir / "comparison.png"}
     with atomic_path(paths["markdown"]) as tmp:
-        Path(tmp).write_text(markdown(frame))
+        Path(tmp).write_text(markdown(frame) + (f"\n{PAIRED_TITLE}\n\n{markdown(pairs)}" if pairs is not None and len(pairs) else ""))
     with atomic_path(paths["csv"]) as tmp:
         frame.to_csv(tmp, index=False)
     bar_chart(frame, paths["chart"])

@@ -46,6 +46,9 @@ def headline(evaluate: dict, finetune: dict, timings: dict[str, dict]) -> dict:
                  for split in ("val", "test")},
         "baseline": {"test": {"accuracy": evaluate["baseline"]["test"]["accuracy"]}},
     }
+    for model, key in (("finetuned", "finetune"), ("head", "head")):  # [low, high]: DVC shows no lists,
+        band = evaluate[key]["test"].get("interval_95") or {}         # so `dvc metrics diff` stays one screen
+        result[model]["test"] |= {f"{name}_95": band[name] for name in result[model]["test"] if band.get(name)}
     result["finetuned"]["best_epoch"] = finetune.get("best_epoch")
     result["wall_s"] = {name: timings[name]["wall_s"] for name in TIMED if "wall_s" in timings.get(name, {})}
     return result

@@ -1,8 +1,9 @@
-"""Metrics of one model on one split (scikit-learn throughout), and the calibration binning."""
+"""Metrics of one model on one split, their 95% intervals, and the calibration binning."""
 
 import math
 
 import numpy as np
+from scipy.stats import rankdata
 from sklearn import metrics as skm
 
 from tlpipe.model.decision import decide, metric_value, rule_summary
@@ -100,3 +101,82 @@ def majority_baseline(train_labels: np.ndarray, y_true: np.ndarray, num_classes:
     predicted = np.full_like(y_true, majority)
     return {"accuracy": clean(skm.accuracy_score(y_true, predicted)),
             "balanced_accuracy": clean(skm.balanced_accuracy_score(y_true, predicted))}
+
+
+LEVEL = 0.95
+BOOTSTRAP_DRAWS = 1000
+Z95 = 1.959964
+
+
+def wilson(successes: int, n: int, z: float = Z95) -> list[float] | None:
+    """Wilson's score interval of a proportion (good where the normal approximation is not)."""
+    if n == 0:
+        return None
+    p = successes / n
+    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [clean(max(0.0, centre - half)), clean(min(1.0, centre + half))]
+
+
+def _draw_figures(y_true: np.ndarray, predicted: np.ndarray, probs: np.ndarray, k: int) -> dict:
+    confusion = np.bincount(y_true * k + predicted, minlength=k * k).reshape(k, k).astype(float)
+    support, called = confusion.sum(1), confusion.sum(0)
+    present = support > 0
+    recall = np.divide(np.diag(confusion), support, out=np.zeros(k), where=present)
+    precision = np.divide(np.diag(confusion), called, out=np.zeros(k), where=called > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(k), where=precision + recall > 0)
+    out = {"accuracy": np.trace(confusion) / len(y_true), "balanced_accuracy": recall[present].mean(),
+           "macro_f1": f1.mean(), "roc_auc": np.nan}
+    if k == 2:
+        out["sensitivity"], out["specificity"] = recall[1] if present[1] else np.nan, recall[0] if present[0] else np.nan
+    if present.all():  # one-vs-rest, unweighted over classes, as scikit-learn's roc_auc_score(multi_class="ovr")
+        out["roc_auc"] = _auc(y_true == 1, probs[:, 1]) if k == 2 else np.mean(
+            [_auc(y_true == c, probs[:, c]) for c in range(k)])
+    return out
+
+
+def _auc(positive: np.ndarray, score: np.ndarray) -> float:
+    """ROC AUC by the rank-sum (Mann-Whitney U) formula, ties counted half."""
+    ranks = rankdata(score)
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos
+    return (ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def intervals(y_true: np.ndarray, probs: np.ndarray, classes: list[str], rule: dict | None = None,
+              groups: np.ndarray | None = None, draws: int = BOOTSTRAP_DRAWS, seed: int = 0) -> dict:
+    """95% intervals of one model's figures on one split, under its decision rule: a percentile
+    bootstrap over the images, or over whole groups (patients, near-duplicate groups) where groups
+    hold several images, so correlated images count once; for accuracy, sensitivity and
+    specificity of independent images, Wilson's score interval instead. Each figure is [low, high]."""
+    y_true, k = np.asarray(y_true), len(classes)
+    predicted = decide(probs, rule)
+    rng = np.random.default_rng(seed)
+    grouped = groups is not None and len(np.unique(groups)) < len(groups)
+    if grouped:
+        _, codes = np.unique(groups, return_inverse=True)
+        members = np.split(np.argsort(codes, kind="stable"), np.cumsum(np.bincount(codes))[:-1])
+    samples = []
+    for _ in range(draws):
+        if grouped:
+            rows = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
+        else:
+            rows = rng.integers(0, len(y_true), len(y_true))
+        samples.append(_draw_figures(y_true[rows], predicted[rows], probs[rows], k))
+    tail = (1 - LEVEL) / 2 * 100
+    result = {"level": LEVEL, "bootstrap_draws": draws,
+              "resampled": "groups (split.csv)" if grouped else "images", "method": {}}
+    for name in samples[0]:
+        values = np.array([s[name] for s in samples], dtype=float)
+        values = values[np.isfinite(values)]
+        if len(values) >= draws // 2:
+            result[name] = [clean(np.percentile(values, tail)), clean(np.percentile(values, 100 - tail))]
+            result["method"][name] = "percentile bootstrap"
+    if not grouped:  # proportions of independent images: Wilson
+        correct = predicted == y_true
+        result["accuracy"], result["method"]["accuracy"] = wilson(int(correct.sum()), len(y_true)), "Wilson"
+        if k == 2:
+            for name, cls in (("sensitivity", 1), ("specificity", 0)):
+                of = y_true == cls
+                if of.any():
+                    result[name], result["method"][name] = wilson(int(correct[of].sum()), int(of.sum())), "Wilson"
+    return result

@@ -52,9 +52,15 @@ def _table(header: list[str], rows: list[list]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _with_interval(figures: dict, name: str):
+    value, band = figures.get(name), figures.get(f"{name}_95")
+    return f"{value:.4f} ({band[0]:.3f}-{band[1]:.3f})" if value is not None and band else value
+
+
 def headline_table(headline: dict) -> str:
+    """The headline figures; a test figure with its 95% interval in brackets."""
     names = [n for n in headline["finetuned"]["val"]]
-    rows = [[f"{model} {split}"] + [headline[model][split].get(n) for n in names]
+    rows = [[f"{model} {split}"] + [_with_interval(headline[model][split], n) for n in names]
             for model in ("finetuned", "head") for split in ("val", "test")]
     rows.append(["majority baseline test", headline["baseline"]["test"]["accuracy"]] + [None] * (len(names) - 1))
     return _table(["model, split"] + names, rows)
@@ -82,7 +88,10 @@ def page(title: str, headline: dict, params: dict[str, object], split: dict, cha
         f"<h1>{html.escape(title)}</h1>",
         "<h2>Headline</h2><p>Accuracy, balanced accuracy, sensitivity and specificity under the decision rule "
         "stored in the model (the one <code>tlpipe predict</code> uses); <code>accuracy_argmax</code> beside them "
-        f"where the rule differs. Best epoch of fine-tuning: {headline['finetuned'].get('best_epoch')}.</p>",
+        "where the rule differs. Test figures carry their 95% interval in brackets (a bootstrap over the test "
+        "images, whole patients or near-duplicate groups resampled together; Wilson's interval for accuracy, "
+        "sensitivity and specificity of independent images): two runs whose intervals overlap widely may not "
+        f"differ. Best epoch of fine-tuning: {headline['finetuned'].get('best_epoch')}.</p>",
         headline_table(headline),
         "<h2>Charts</h2><div class='charts'>" + "".join(f"<div>{c}</div>" for c in charts) + "</div>",
         *[f"<h2>{html.escape(caption)}</h2>{_png(data, caption)}" for caption, data in images.items()],
