@@ -230,3 +230,35 @@ def test_track_must_name_the_source(dvc_project, tmp_path):
     run(["python", "-m", "tlpipe.cli", "source", f"path:{images}"], dvc_project)
     assert ran_stages(run(["dvc", "repro", "download"], dvc_project).stdout) == ["download"]
     assert Path(run(["python", "-m", "tlpipe.cli", "source"], dvc_project).stdout.splitlines()[1].split()[1]) == images
+
+
+def test_check_looks_at_a_path_source_as_the_pipeline_will(tmp_path):
+    from conftest import REPO
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "params.yaml").write_text((REPO / "params.yaml").read_text())
+
+    def check():
+        return run(["python", "-m", "tlpipe.cli", "check"], project, check=False)
+
+    images = tmp_path / "images"
+    make_image_tree(images, {"circle": 20, "square": 20})
+    (images / "notes.txt").write_text("not an image")
+    run(["python", "-m", "tlpipe.cli", "source", f"path:{images}"], project)
+    said = check()
+    assert said.returncode == 0, said.stderr
+    assert "40 images in 2 classes (circle 20, square 20)" in said.stdout
+    assert "1 files left out (e.g. notes.txt: not an image file" in said.stdout
+    assert "split it would make: train 28, val 6, test 6" in said.stdout
+
+    (images / "square").rename(tmp_path / "elsewhere")
+    (images / "square").mkdir()  # a class folder left empty
+    said = check()
+    assert said.returncode == 2 and said.stderr.count("\n") == 1
+    assert "found 1 class(es) with images (circle; empty folders: square)" in said.stderr
+    (images / "square").rmdir()
+    (tmp_path / "elsewhere").rename(images / "square")
+    images.rename(tmp_path / "moved")
+    said = check()
+    assert said.returncode == 2 and f"{images} does not exist" in said.stderr and said.stderr.count("\n") == 1

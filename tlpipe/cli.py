@@ -12,8 +12,13 @@ from tlpipe.errors import TlpipeError, user_message
 
 
 def check(args: argparse.Namespace) -> None:
+    """Validate params.yaml, and look at a path: source as the pipeline will: its classes and
+    images, the files left out and the split it would make. Nothing is copied or written."""
+    from tlpipe.data.tracking import preview
+
     loaded = params.load(args.params)
     print(f"{args.params}: ok (data.source = {loaded['data']['source']}, backbone = {loaded['backbone']['name']})")
+    print("\n".join(preview(loaded["data"], loaded["split"], Path(args.params).parent)))
 
 
 def source(args: argparse.Namespace) -> None:

@@ -92,9 +92,9 @@ def _group_pattern(rows: list[dict], cfg: dict, report: SplitReport) -> str | No
     return found.regex
 
 
-def list_images(raw: RawData, cfg: dict, report: SplitReport) -> pd.DataFrame:
-    """One row per image file: path, label, shipped split (or None), group."""
-    entries = raw.entries()
+def list_images(raw: RawData, cfg: dict, report: SplitReport, entries: list | None = None) -> pd.DataFrame:
+    """One row per image file (of `entries`, default all of `raw`): path, label, shipped split (or None), group."""
+    entries = raw.entries() if entries is None else entries
     for rejected in raw.rejected:
         report.skip(rejected.path, rejected.reason)
     report.empty_folders = list(raw.empty_folders)

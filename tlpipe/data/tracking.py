@@ -52,7 +52,9 @@ def recorded(record: Path = RECORD) -> dict | None:
 
 def report(data: dict, record: dict | None) -> list[str]:
     """What the project points at, what the last run used, and whether newer data waits upstream."""
-    lines = [f"data.source: {data['source']}", f"data.track:  {data['track']} (DVC hashes it: `dvc status download`)"]
+    watched = ("nothing on disk to watch: data.source names the data" if data["track"] == params.NOTHING_TO_TRACK
+               else "DVC hashes it: `dvc status download`")
+    lines = [f"data.source: {data['source']}", f"data.track:  {data['track']} ({watched})"]
     if record is None:
         lines.append(f"{RECORD}: none yet; `dvc repro download` writes it.")
     else:
@@ -80,3 +82,49 @@ def update(data: dict, params_path: Path) -> dict[str, tuple]:
         raise TlpipeError(f"tlpipe source --update: data.source {data['source']} has no versions to update; "
                           "`dvc repro` takes in what changed at the source.")
     return set_source(f"kaggle:{_kaggle().unversioned(where)}", params_path)
+
+
+def preview(data: dict, split_cfg: dict, project: Path = Path(".")) -> list[str]:
+    """What `dvc repro` would find at a path: source, without copying or decoding anything: the
+    classes and their images, the files left out, and the split it would carve (before copies and
+    near-duplicates are grouped). Other sources are fetched by the download stage."""
+    from tlpipe.data.raw import RawData, archive_members, is_archive
+    from tlpipe.data.split import assign_splits, list_images
+    from tlpipe.data.split_report import SplitReport
+
+    kind, _, where = data["source"].partition(":")
+    if kind != "path":
+        return [f"data.source {data['source']}: fetched by `dvc repro download`; not looked at here."]
+    src = (project / Path(where.strip()).expanduser()).resolve()
+    if not src.exists():
+        raise TlpipeError(f"data.source {data['source']}: {src} does not exist. Give an image folder or an archive "
+                          "(`tlpipe source path:FOLDER`).")
+    if src.is_file() and not is_archive(src.name):
+        raise TlpipeError(f"data.source {data['source']}: {src} is a file but not a .zip or .tar archive.")
+    raw, entries = archive_members(src) if src.is_file() else (RawData(src), None)
+    report = SplitReport()
+    images = list_images(raw, split_cfg | {"labels_csv": None}, report, entries)
+    if split_cfg["labels_csv"]:
+        return [f"source {src}: {len(images)} image files; labels come from split.labels_csv, which "
+                "`dvc repro split` reads."]
+    counts = images["label"].value_counts().sort_index()
+    lines = [f"source {src}: {len(images)} images in {len(counts)} classes ("
+             + ", ".join(f"{label} {n}" for label, n in counts.items()) + ")"]
+    if report.skipped:
+        first = report.skipped[0]
+        lines.append(f"  {len(report.skipped)} files left out (e.g. {first['path']}: {first['reason']}); "
+                     "`dvc repro split` lists them all in metrics/split.json")
+    if raw.empty_folders:
+        lines.append(f"  empty folders, not classes: {', '.join(raw.empty_folders[:5])}")
+    if len(counts) < 2:
+        empty = f"; empty folders: {', '.join(raw.empty_folders[:5])}" if raw.empty_folders else ""
+        raise TlpipeError(f"data.source {data['source']}: found {len(counts)} class(es) with images "
+                          f"({', '.join(counts.index) or 'none'}{empty}); a classifier needs at least 2. Put each "
+                          "class's images in a folder named after the class: FOLDER/CLASS/image.jpg.")
+    split = assign_splits(images, split_cfg, report).value_counts()
+    key = report.group_key.get("regex")
+    lines.append(f"  split it would make: " + ", ".join(f"{name} {int(split.get(name, 0))}" for name in
+                                                        ("train", "val", "test"))
+                 + f" (subject key in file names: {key or 'none'}; copies and near-duplicates are grouped "
+                   "by `dvc repro split` too)")
+    return lines
