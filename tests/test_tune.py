@@ -30,7 +30,7 @@ def tune_project(root, images):
 
 def tune(project) -> dict:
     result = run(["tlpipe", "tune", *SPACE, "--apply"], project)
-    record = json.loads((project / "tune" / "tune.json").read_text())
+    record = json.loads((project / "outputs" / "tune.json").read_text())
     for point in record["points"]:  # each experiment ran up to finetune and no further
         assert point["state"] == "done", point
         log = run(["dvc", "queue", "logs", point["name"]], project).stdout
@@ -80,7 +80,7 @@ def test_compare_leaves_blank_what_a_tune_point_never_computed(tmp_path):
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "baseline"], project)
     run(["tlpipe", "tune", *SPACE], project)
-    names = [p["name"] for p in json.loads((project / "tune" / "tune.json").read_text())["points"]]
+    names = [p["name"] for p in json.loads((project / "outputs" / "tune.json").read_text())["points"]]
     run(["tlpipe", "compare", "--out", "cmp", "HEAD", *names], project)
     rows = {r["experiment"]: r for r in pd.read_csv(project / "cmp" / "comparison.csv").to_dict("records")}
     assert rows["HEAD"]["evaluated"] == "yes" and not pd.isna(rows["HEAD"]["test_accuracy"])

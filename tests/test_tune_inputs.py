@@ -26,8 +26,8 @@ def test_space_values_are_read_as_params_yaml_reads_them():
 
 
 def test_the_cli_refuses_a_folder_out_and_a_bad_value_before_queueing(dvc_project):
-    (dvc_project / "tune").mkdir()
-    for args, said in ((["--out", "tune"], "--out tune is a folder"),
+    (dvc_project / "results").mkdir()
+    for args, said in ((["--out", "results"], "--out results is a folder"),
                        (["--space", "finetune.epochs=two"], "'finetune.epochs' must be int")):
         result = run(["tlpipe", "tune", *args], dvc_project, check=False)
         assert result.returncode == 2 and said in result.stderr and "Traceback" not in result.stderr

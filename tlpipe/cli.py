@@ -227,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict_parser = verb(
         "predict", predict, "classify new images with a trained model",
         model=("models/model.pt", "model file"),
-        out=("predictions.csv", "CSV to write; skipped files go to OUT.skipped.csv"))
+        out=("outputs/predictions.csv", "CSV to write; skipped files go to OUT.skipped.csv"))
     predict_parser.add_argument("paths", nargs="+", metavar="PATH", help="image file, folder or zip/tar archive")
     predict_parser.add_argument("--batch-size", type=positive_int, default=64, help=_default("images per batch"))
     predict_parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
@@ -243,18 +243,18 @@ def build_parser() -> argparse.ArgumentParser:
     export_parser.add_argument("--format", required=True, choices=("torchscript", "onnx"))
 
     verb("lr-find", lr_find, "run the learning-rate range test and show its curve, without training",
-         params=("params.yaml", "params file"), out=("lr_find.json", "curve to write"))
+         params=("params.yaml", "params file"), out=("outputs/lr_find.json", "curve to write"))
 
     compare_parser = verb(
         "compare", compare, "one table of experiments (or branches/commits): params against val/test metrics",
-        out=("comparison", "folder to write to"))
+        out=("outputs/comparison", "folder to write to"))
     compare_parser.add_argument("revisions", nargs="*", metavar="REV", help="branches, tags, commits or experiment names")
 
     tune_parser = verb(
         "tune", tune, "search a small space of the recipe on validation alone, as DVC experiments",
         metric=("val_decision_metric", "validation figure of metrics/finetune.json to rank by "
                 "(val_decision_metric, val_balanced_accuracy, val_accuracy, val_loss)"),
-        out=("tune/tune.json", "table and best point to write"))
+        out=("outputs/tune.json", "table and best point to write"))
     tune_parser.add_argument("--space", action="append", metavar="KEY=V1,V2",
                              help="one axis of the grid (repeat for more); default: augmentation, epochs, lr")
     tune_parser.add_argument("--jobs", type=positive_int, default=1, help=_default("experiments run at once"))
