@@ -107,3 +107,25 @@ def test_plots_html_shows_top_losses_gradcam_and_reliability(project):
     assert "reliability" in page
     rows = json.loads((project / "plots" / "report" / "reliability.json").read_text())
     assert sum(r["count"] for r in rows) == len(load_split(project / "data" / "cache", "test")[1])
+
+
+def test_the_python_api_predicts_what_the_cli_writes(project, tmp_path):
+    """The README's line, run as written in the project, and the same table as `tlpipe predict`."""
+    import tlpipe
+
+    folder = tmp_path / "api"
+    make_image_tree(folder, {"x": 4}, seed=11)
+    (folder / "notes.txt").write_text("not an image")
+    model = tlpipe.load(project / "models" / "model.pt", device="cpu")
+    table = model.predict([folder])
+    assert model.classes == ["circle", "square"] and len(table) == 4
+    assert [s["path"] for s in table.attrs["skipped"]] == [f"{folder}/notes.txt"]
+    out = tmp_path / "cli.csv"
+    run(["python", "-m", "tlpipe.cli", "predict", str(folder), "--out", str(out)], project)
+    cli = pd.read_csv(out)
+    assert list(cli["path"]) == list(table["path"]) and list(cli["predicted"]) == list(table["predicted"])
+    assert np.allclose(cli[["prob_circle", "prob_square"]], table[["prob_circle", "prob_square"]], atol=1e-6)
+    one = str(next((folder / "x").glob("*.png")))
+    said = run(["python", "-c", "import tlpipe; m = tlpipe.load('models/model.pt'); "
+                f"print(m.predict(['{one}']).to_string(index=False))"], project).stdout
+    assert "predicted" in said and ("circle" in said or "square" in said)

@@ -77,32 +77,57 @@ def _decoded(inputs: Inputs, preprocess: dict, skipped: list[dict]) -> Iterator[
             yield prefix + path, pixels  # None when unreadable: it still counts as done for the bar
 
 
+class TrainedModel:
+    """A model file ready to classify images from Python: what `tlpipe predict` runs.
+
+        model = tlpipe.load("models/model.pt")
+        table = model.predict(["scan.png", "new_scans/", "more.zip"])  # path, predicted, prob_<class>...
+
+    `predicted` is the decision under the rule fitted on validation and stored in the file (for
+    two classes a threshold), as in the pipeline's own reports; files that are not readable images
+    are listed in `table.attrs["skipped"]` with the reason."""
+
+    def __init__(self, path: str | Path = "models/model.pt", device: str | torch.device = "auto"):
+        from tlpipe.runtime import pick_device
+
+        self.model, self.meta = load_model(path)
+        self.device = pick_device(device) if isinstance(device, str) else device
+        self.model.to(self.device)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.meta["classes"]
+
+    def predict(self, paths: str | Path | list[str | Path], batch_size: int = 64, flip_tta: bool = False) -> pd.DataFrame:
+        inputs = collect_inputs([paths] if isinstance(paths, (str, Path)) else list(paths))
+        skipped = list(inputs.skipped)
+        names, chunks, batch, batch_names = [], [], [], []
+
+        def flush():
+            chunks.append(image_probabilities(self.model, np.stack(batch), batch_size, self.device, flip_tta=flip_tta))
+            names.extend(batch_names)
+            batch.clear()
+            batch_names.clear()
+
+        for name, pixels in progress(_decoded(inputs, self.meta["preprocess"], skipped), total=len(inputs),
+                                     desc="predict", unit="img"):
+            if pixels is None:
+                continue
+            batch.append(pixels)
+            batch_names.append(name)
+            if len(batch) == batch_size:
+                flush()
+        if batch:
+            flush()
+        probs = np.concatenate(chunks) if chunks else np.zeros((0, len(self.classes)))
+        table = make_table(names, probs, self.classes, self.meta["rule"])
+        table.attrs["skipped"] = sorted(skipped, key=lambda s: s["path"])
+        return table
+
+
 def predict(paths: list[str | Path], model_path: str | Path, batch_size: int, device: torch.device,
             flip_tta: bool = False) -> tuple[pd.DataFrame, list[dict], dict]:
     """(one row per readable image: path, predicted, prob_<class>...; skipped files; model metadata)."""
-    model, meta = load_model(model_path)
-    model.to(device)
-    inputs = collect_inputs(paths)
-    skipped = list(inputs.skipped)
-    names, chunks, batch, batch_names = [], [], [], []
-
-    def flush():
-        chunks.append(image_probabilities(model, np.stack(batch), batch_size, device, flip_tta=flip_tta))
-        names.extend(batch_names)
-        batch.clear()
-        batch_names.clear()
-
-    for name, pixels in progress(_decoded(inputs, meta["preprocess"], skipped), total=len(inputs),
-                                 desc="predict", unit="img"):
-        if pixels is None:
-            continue
-        batch.append(pixels)
-        batch_names.append(name)
-        if len(batch) == batch_size:
-            flush()
-    if batch:
-        flush()
-    classes = meta["classes"]
-    probs = np.concatenate(chunks) if chunks else np.zeros((0, len(classes)))
-    return make_table(names, probs, classes, meta["rule"]), sorted(skipped, key=lambda s: s["path"]), meta
-
+    model = TrainedModel(model_path, device)
+    table = model.predict(paths, batch_size, flip_tta)
+    return table, table.attrs["skipped"], model.meta
