@@ -12,9 +12,13 @@ except metadata.PackageNotFoundError:  # run from a source tree that was never i
 __all__ = ["TlpipeError", "__version__", "load"]
 
 
-def load(path="models/model.pt", device="auto"):
-    """A trained model file, ready to classify images: `tlpipe.load("models/model.pt").predict([...])`
-    (tlpipe.use.predict.TrainedModel; torch loads here, not on `import tlpipe`)."""
-    from tlpipe.use.predict import TrainedModel
+def __getattr__(name: str):
+    """`tlpipe.load("models/model.pt")`: a trained model file ready to classify images
+    (tlpipe.use.predict.TrainedModel). Looked up on first use (PEP 562): every stage imports this
+    package, and none of them uses the model API, so none loads torch or tlpipe/use/ through it
+    (nor depends on that code in dvc.yaml)."""
+    if name == "load":
+        import importlib
 
-    return TrainedModel(path, device)
+        return importlib.import_module("tlpipe.use.predict").TrainedModel
+    raise AttributeError(f"module 'tlpipe' has no attribute {name!r}")
