@@ -42,6 +42,13 @@ def test_data_and_model_never_import_train_or_use(module):
     assert not [p for p in import_closure(module) if p.startswith(("tlpipe/train/", "tlpipe/use/"))]
 
 
+@pytest.mark.parametrize("module", sorted(p.relative_to(REPO).as_posix() for folder in ("data", "model", "train", "use")
+                                          for p in (REPO / "tlpipe" / folder).glob("*.py")))
+def test_only_the_command_line_reaches_experiments(module):
+    """experiments/ is the top layer: it runs the pipeline through DVC; no stage's code imports it."""
+    assert not [p for p in import_closure(module) if p.startswith("tlpipe/experiments/")]
+
+
 def _direct_imports(path: Path) -> set[str]:
     files = {_module_file(m) for m in _imported_modules(path)}
     return {f.relative_to(REPO).as_posix() for f in files if f is not None and f != path}

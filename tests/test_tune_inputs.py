@@ -4,7 +4,7 @@ import pytest
 
 from conftest import default_params, run
 from tlpipe.errors import TlpipeError
-from tlpipe.train import tune
+from tlpipe.experiments import queue, tune
 
 
 @pytest.mark.parametrize("space, said", [
@@ -39,22 +39,22 @@ def test_a_dead_worker_ends_the_wait_with_one_line(monkeypatch, tmp_path):
     status = ("Task     Name          Created    Status\n"
               "abc123   tune-x-1      10:00 AM   Queued\n\n"
               "Worker status: 0 active, 0 idle\n")
-    monkeypatch.setattr(tune, "_run", lambda args, cwd: status)
-    with pytest.raises(TlpipeError, match="no worker left and 1 points waiting"):
-        tune._wait_for_queue(tmp_path, {"tune-x-1"}, timeout_s=60)
+    monkeypatch.setattr(queue, "dvc", lambda args, cwd, verb: status)
+    with pytest.raises(TlpipeError, match="tune: DVC's queue has no worker left and 1 experiments waiting"):
+        queue._wait(tmp_path, {"tune-x-1"}, timeout_s=60, verb="tune")
 
 
 def test_ctrl_c_withdraws_the_queued_points(monkeypatch, tmp_path):
     calls = []
 
-    def fake_run(args, cwd):
+    def fake_run(args, cwd, verb):
         calls.append(args)
         if args[:3] == ["dvc", "queue", "status"]:
             raise KeyboardInterrupt
         return ""
 
-    monkeypatch.setattr(tune, "_run", fake_run)
-    monkeypatch.setattr(tune.subprocess, "run", lambda args, **kw: calls.append(args))
+    monkeypatch.setattr(queue, "dvc", fake_run)
+    monkeypatch.setattr(queue.subprocess, "run", lambda args, **kw: calls.append(args))
     with pytest.raises(KeyboardInterrupt):
         tune.search({"finetune.lr": [0.001, 0.01]}, "val_loss", 1, tmp_path, log=lambda *_: None)
     queued = [a[a.index("-n") + 1] for a in calls if a[:4] == ["dvc", "exp", "run", "--queue"]]

@@ -128,7 +128,7 @@ def compare(args: argparse.Namespace) -> None:
     The three best by test accuracy are compared pairwise on the same test images (McNemar's
     exact test): the table says which differences are beyond chance. Writes OUT/comparison.md,
     .csv and a bar chart .png."""
-    from tlpipe.use.compare import PAIRED_TITLE, markdown, paired, table, write
+    from tlpipe.experiments.compare import PAIRED_TITLE, markdown, paired, table, write
 
     frame = table(args.revisions)
     pairs = paired(frame, Path("."))
@@ -148,7 +148,7 @@ def tune(args: argparse.Namespace) -> None:
     metrics/finetune.json), and the table and the best point are written to OUT; --apply writes the
     best point's values into params.yaml, then `dvc repro` trains and evaluates it."""
     from tlpipe.params_edit import merge_values
-    from tlpipe.train.tune import DEFAULT_SPACE, parse_space, search, table, write
+    from tlpipe.experiments.tune import DEFAULT_SPACE, parse_space, search, table, write
 
     if Path(args.out).is_dir():
         raise TlpipeError(f"tune: --out {args.out} is a folder; give the file to write, e.g. {Path(args.out) / 'tune.json'}.")
@@ -163,6 +163,28 @@ def tune(args: argparse.Namespace) -> None:
         changed = merge_values(winner.values, "params.yaml", f"tune's best point {winner.name}")
         print(f"tune: params.yaml: {', '.join(f'{k} {old} -> {new}' for k, (old, new) in changed.items()) or 'unchanged'}"
               "; `dvc repro` trains and evaluates it.")
+
+
+def cv(args: argparse.Namespace) -> None:
+    """k-fold cross-validation for small data sets: --folds K (default: split.folds, else 5) DVC
+    experiments of the pipeline up to evaluate, each with split.fold=I, so fold I is that run's
+    validation split and every choice of the run is made on it, while the test split is the same for
+    all and read by evaluate alone. Stages a fold shares with an earlier run come from DVC's
+    run-cache. Writes OUT/cv.json (every test figure per fold, mean, SD, min, max; out-of-fold
+    figures), OUT/cv.md and OUT/oof_predictions.csv (each image outside the test split predicted by
+    the fold model that did not train on it)."""
+    from tlpipe.experiments.cv import aggregate, markdown, run_folds, write
+
+    folds = args.folds or params.load("params.yaml")["split"]["folds"] or 5
+    if Path(args.out).is_file():
+        raise TlpipeError(f"cv: --out {args.out} is a file; give a folder to write into, e.g. outputs/cv.")
+    names = run_folds(folds, args.jobs)
+    record, oof = aggregate(names)
+    paths = write(record, oof, Path(args.out))
+    print(markdown(record), end="")
+    ran = sorted({stage for run in record["runs"] for stage in run["stages_run"]})
+    print(f"cv: {folds} folds ({', '.join(names)}); stages run: {', '.join(ran) or 'none (all from the run-cache)'} "
+          f"-> {paths['record']}, {paths['table']}, {paths['out_of_fold']}")
 
 
 def plots_template(args: argparse.Namespace) -> None:
@@ -259,6 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
                              help="one axis of the grid (repeat for more); default: augmentation, epochs, lr")
     tune_parser.add_argument("--jobs", type=positive_int, default=1, help=_default("experiments run at once"))
     tune_parser.add_argument("--apply", action="store_true", help="write the best point's values into params.yaml")
+
+    cv_parser = verb(
+        "cv", cv, "k-fold cross-validation: one DVC experiment per fold, then mean ± SD of every test figure",
+        out=("outputs/cv", "folder to write to"))
+    cv_parser.add_argument("--folds", type=positive_int, default=None,
+                           help="number of folds, at least 2 (default: split.folds in params.yaml, else 5)")
+    cv_parser.add_argument("--jobs", type=positive_int, default=1, help=_default("experiments run at once"))
 
     verb("plots-template", plots_template, "write the offline HTML template of `dvc plots show`",
          out=(".dvc/plots/offline.html", "file to write"))

@@ -73,6 +73,8 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "small_class": Spec(str, choices=("error", "drop")),
         "cross_split_duplicates": Spec(str, choices=("report", "drop")),
         "near_duplicate_similarity": Spec(NUM, min=0, max=1, nullable=True),
+        "folds": NON_NEGATIVE_INT,
+        "fold": NON_NEGATIVE_INT,
     },
     "resize": {
         "size": Spec(int, min=1, auto=True),
@@ -186,6 +188,13 @@ def _check_cross_field(params: dict) -> None:
             "params: 'split.val_fraction' + 'split.test_fraction' must be < 1 (something must be "
             f"left to train on), got {split['val_fraction']} + {split['test_fraction']}."
         )
+    if split["folds"] == 1:
+        raise TlpipeError("params: 'split.folds' must be 0 (off: one validation split) or at least 2 (k-fold "
+                          "cross-validation with `tlpipe cv`), got 1.")
+    if split["fold"] >= max(split["folds"], 1):
+        raise TlpipeError(f"params: 'split.fold' ({split['fold']}) must be below 'split.folds' ({split['folds']}): "
+                          "folds are numbered from 0" + (" (and it is 0 while split.folds is 0)." if not split["folds"]
+                                                         else "."))
     unfreeze = params["finetune"]["unfreeze"]
     if isinstance(unfreeze, str) and unfreeze != "all":
         raise TlpipeError(f"params: 'finetune.unfreeze' must be 'all' or a number of last blocks (>= 1), got {unfreeze!r}.")

@@ -9,7 +9,7 @@ scale for almost nothing):
 Brightness and contrast changes leave the correlation at ~1.0; a crop of 4 of 224 pixels per side
 keeps it >= 0.90 (10th percentile 0.945) on the brain MRI set, while distinct slices of one scanner
 can reach 0.9 too: the default 0.97 groups 947 shipped test images with training images there and
-joins only 47 pairs of differently labelled images (measured, README).
+joins only 47 pairs of differently labelled images (measured, docs/results.md).
 """
 
 import io

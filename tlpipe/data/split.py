@@ -197,6 +197,23 @@ def carve(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) ->
     return rows["group"].isin(set(held_out)).to_numpy()
 
 
+def assign_folds(labels: np.ndarray, groups: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """The fold (0..k-1) of each row: k folds of about equal size and class mix, never splitting a
+    group (scikit-learn's StratifiedGroupKFold, shuffled by `seed`)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    codes = pd.factorize(pd.Series(groups, dtype=object))[0]
+    largest = int(pd.DataFrame({"label": labels, "group": codes}).groupby("label")["group"].nunique().max())
+    if largest < k:
+        raise TlpipeError(f"split: split.folds is {k} but outside the test split the largest class has only "
+                          f"{largest} image group(s), one per fold at least; lower split.folds or add images.")
+    fold = np.empty(len(labels), dtype=int)
+    cutter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    for index, (_, held_out) in enumerate(cutter.split(np.zeros(len(labels)), labels, codes)):
+        fold[held_out] = index
+    return fold
+
+
 def carvable_groups(images: pd.DataFrame, fraction: float, report: SplitReport) -> np.ndarray:
     """The groups to carve by. Where even the largest class has too few groups to carve `fraction`
     by group (the frames of a few rotating objects, a few patients), the classes short of groups
@@ -228,7 +245,13 @@ def assign_splits(images: pd.DataFrame, cfg: dict, report: SplitReport) -> pd.Se
         val_share = cfg["val_fraction"] / (1 - cfg["test_fraction"])
     else:
         val_share = cfg["val_fraction"]
-    if not (split == "val").any():
+    if cfg["folds"] >= 2:  # cross-validation: the validation split is one of k folds of what is left
+        pool |= split == "val"
+        groups = carvable_groups(images[pool], 1 / cfg["folds"], report)
+        folds = assign_folds(images["label"][pool].to_numpy(), groups, cfg["folds"], cfg["seed"] + 1)
+        split[pool] = np.where(folds == cfg["fold"], "val", "train")
+        report.fold = {"index": cfg["fold"], "of": cfg["folds"]}
+    elif not (split == "val").any():
         groups = carvable_groups(images[pool], min(val_share, 0.5), report)
         mask = carve(images["label"][pool].to_numpy(), groups, min(val_share, 0.5), cfg["seed"] + 1)
         split[pool[pool].index[mask]] = "val"
@@ -287,6 +310,7 @@ def split_metrics(table: pd.DataFrame, report: SplitReport, similarity: float | 
         # classes with too few groups (subjects, near-duplicate groups) to carve by group, carved image
         # by image: their validation and test images have near-copies in training (flattered figures)
         "carved_by_image": report.carved_by_image,
+        "fold": report.fold or None,  # k-fold cross-validation: which fold is validation, of how many
         "ungrouped_files": report.ungrouped_files,
         "skipped_count": len(report.skipped),
         "skipped": sorted(report.skipped, key=lambda r: r["path"]),

@@ -12,8 +12,9 @@ class SplitReport:
     empty_folders: list[str] = field(default_factory=list)
     ungrouped_files: int = 0
     too_small_for_near_duplicates: int = 0  # images below phash.MIN_SIDE: exact copies only are found
-    group_key: dict = field(default_factory=dict)
-    carved_by_image: dict = field(default_factory=dict)  # {class: {groups, images}}: too few groups to carve  # how subjects were found in file names (split.group_regex)
+    group_key: dict = field(default_factory=dict)  # how subjects were found in file names (split.group_regex)
+    carved_by_image: dict = field(default_factory=dict)  # {class: {groups, images}}: too few groups to carve
+    fold: dict = field(default_factory=dict)  # {index, of}: the validation fold of k-fold cross-validation
     near_duplicate_pairs: list[tuple[str, str]] = field(default_factory=list)
 
     def skip(self, path: str, reason: str) -> None:

@@ -10,8 +10,6 @@ written into params.yaml, where `dvc repro` trains and evaluates it.
 
 import itertools
 import json
-import re
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +18,8 @@ from tlpipe.atomic import atomic_path
 from tlpipe.errors import TlpipeError
 from tlpipe.params import validate
 from tlpipe.params_yaml import parse
-from tlpipe.use.compare import dig, file_at, experiments
+from tlpipe.experiments.compare import dig, experiments, file_at
+from tlpipe.experiments.queue import run_queued
 
 # The default space: augmentation strength, length of the schedule, learning rate (auto: the range
 # test) -- 8 points, each a full finetune. Input size is left out: every size recomputes the cache
@@ -28,7 +27,6 @@ from tlpipe.use.compare import dig, file_at, experiments
 DEFAULT_SPACE = {"finetune.aug_scale_min": [0.35, 0.8], "finetune.epochs": [8, 12], "finetune.lr": [0.001, "auto"]}
 # the validation figures of metrics/finetune.json a search can rank by, and whether higher is better
 METRICS = {"val_decision_metric": True, "val_balanced_accuracy": True, "val_accuracy": True, "val_loss": False}
-QUEUE_POLL_S = 2
 
 
 @dataclass
@@ -78,31 +76,6 @@ def grid(space: dict[str, list], search_id: str) -> list[Point]:
             for n, combination in enumerate(itertools.product(*space.values()), start=1)]
 
 
-def _run(args: list[str], cwd: Path) -> str:
-    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise TlpipeError(f"tune: `{' '.join(args)}` failed: {(result.stderr or result.stdout).strip()[-400:]}")
-    return result.stdout
-
-
-def _wait_for_queue(cwd: Path, names: set[str], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        status = _run(["dvc", "queue", "status"], cwd)
-        waiting = [line for line in status.splitlines() if any(name in line for name in names)
-                   and ("Queued" in line or "Running" in line)]
-        if not waiting:
-            return
-        workers = re.search(r"(\d+) active, (\d+) idle", status)
-        if workers and workers.groups() == ("0", "0"):
-            raise TlpipeError(f"tune: DVC's queue has no worker left and {len(waiting)} points waiting "
-                              "(its worker stopped); `dvc queue logs NAME` shows why, `dvc queue start` "
-                              "runs them again.")
-        time.sleep(QUEUE_POLL_S)
-    raise TlpipeError(f"tune: the queue did not finish in {timeout_s:.0f} s; `dvc queue status` shows where it is "
-                      "and `dvc exp show` what has finished.")
-
-
 def score(points: list[Point], metric: str, cwd: Path) -> None:
     """Each point's validation figures from its experiment's metrics/finetune.json."""
     finished = dict(experiments(cwd, allow_none=True))
@@ -132,29 +105,12 @@ def search(space: dict[str, list], metric: str, jobs: int, cwd: Path = Path(".")
     if metric not in METRICS:
         raise TlpipeError(f"tune: --metric {metric!r} is not one of {', '.join(METRICS)}.")
     points = grid(space, time.strftime("%Y%m%d-%H%M%S"))
-    queued: list[str] = []
-    try:
-        for point in points:
-            sets = [arg for key, value in point.values.items() for arg in ("-S", f"{key}={value}")]
-            _run(["dvc", "exp", "run", "--queue", "-n", point.name, *sets, "finetune"], cwd)
-            queued.append(point.name)
-        log(f"tune: {len(points)} points queued as {points[0].name}..{points[-1].name.rsplit('-', 1)[1]} "
-            "(the finetune stage only: the test split is not read)")
-        _run(["dvc", "queue", "start", "-j", str(jobs)], cwd)
-        _wait_for_queue(cwd, set(queued), timeout_s)
-    except BaseException:  # Ctrl-C or an error: no point of this search goes on running unseen
-        _withdraw(queued, cwd)
-        raise
+    log(f"tune: {len(points)} points queued as {points[0].name}..{points[-1].name.rsplit('-', 1)[1]} "
+        "(the finetune stage only: the test split is not read)")
+    run_queued({point.name: [arg for key, value in point.values.items() for arg in ("-S", f"{key}={value}")]
+                for point in points}, "finetune", jobs, cwd, "tune", timeout_s)
     score(points, metric, cwd)
     return points, best(points, metric)
-
-
-def _withdraw(names: list[str], cwd: Path) -> None:
-    """Stop the running points and take the queued ones out of DVC's queue (finished ones stay)."""
-    if not names:
-        return
-    subprocess.run(["dvc", "queue", "kill", "--force", *names], cwd=cwd, capture_output=True)
-    subprocess.run(["dvc", "queue", "remove", *names], cwd=cwd, capture_output=True)
 
 
 def table(points: list[Point], winner: Point, metric: str) -> str:

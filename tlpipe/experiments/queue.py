@@ -1,0 +1,70 @@
+"""Running a batch of DVC experiments: queue them by name, start DVC's queue workers, wait until
+none of them is queued or running, and take them back out on Ctrl-C or an error, so that nothing
+goes on running unseen. Shared by `tlpipe tune` and `tlpipe cv`."""
+
+import re
+import subprocess
+import time
+from pathlib import Path
+
+from tlpipe.errors import TlpipeError
+
+QUEUE_POLL_S = 2
+
+
+def dvc(args: list[str], cwd: Path, verb: str) -> str:
+    """Run a DVC (or Git) command; its error, shortened to one line, names the command."""
+    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
+    if result.returncode != 0:
+        detail = " ".join((result.stderr or result.stdout).split())[-400:]
+        raise TlpipeError(f"{verb}: `{' '.join(args)}` failed: {detail}")
+    return result.stdout
+
+
+def run_queued(experiments: dict[str, list[str]], target: str, jobs: int, cwd: Path, verb: str,
+               timeout_s: float) -> None:
+    """Queue each experiment (name -> its `-S key=value` args) as `dvc exp run --queue -n NAME ... TARGET`,
+    run the queue with `jobs` workers and wait for all of them to finish (or fail)."""
+    queued: list[str] = []
+    try:
+        for name, sets in experiments.items():
+            dvc(["dvc", "exp", "run", "--queue", "-n", name, *sets, target], cwd, verb)
+            queued.append(name)
+        dvc(["dvc", "queue", "start", "-j", str(jobs)], cwd, verb)
+        _wait(cwd, set(queued), timeout_s, verb)
+    except BaseException:  # Ctrl-C or an error
+        withdraw(queued, cwd)
+        raise
+
+
+def _wait(cwd: Path, names: set[str], timeout_s: float, verb: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = dvc(["dvc", "queue", "status"], cwd, verb)
+        waiting = [line for line in status.splitlines() if any(name in line for name in names)
+                   and ("Queued" in line or "Running" in line)]
+        if not waiting:
+            return
+        workers = re.search(r"(\d+) active, (\d+) idle", status)
+        if workers and workers.groups() == ("0", "0"):
+            raise TlpipeError(f"{verb}: DVC's queue has no worker left and {len(waiting)} experiments waiting "
+                              "(its worker stopped); `dvc queue logs NAME` shows why, `dvc queue start` "
+                              "runs them again.")
+        time.sleep(QUEUE_POLL_S)
+    raise TlpipeError(f"{verb}: the queue did not finish in {timeout_s:.0f} s; `dvc queue status` shows where it is "
+                      "and `dvc exp show` what has finished.")
+
+
+def withdraw(names: list[str], cwd: Path) -> None:
+    """Stop the running experiments and take the queued ones out of DVC's queue (finished ones stay)."""
+    if not names:
+        return
+    subprocess.run(["dvc", "queue", "kill", "--force", *names], cwd=cwd, capture_output=True)
+    subprocess.run(["dvc", "queue", "remove", *names], cwd=cwd, capture_output=True)
+
+
+def stages_run(name: str, cwd: Path, stages: list[str]) -> list[str]:
+    """The stages an experiment ran (the others came from DVC's run-cache or were unchanged), from
+    its queue log: DVC prints "Running stage 'NAME'" for each stage it runs."""
+    log = subprocess.run(["dvc", "queue", "logs", name], cwd=cwd, capture_output=True, text=True).stdout
+    return [stage for stage in stages if f"Running stage '{stage}'" in log]
