@@ -1,4 +1,4 @@
-"""The chest X-ray table of the README (issue 7), from a clean checkout.
+"""The chest X-ray table of docs/results.md, from a clean checkout.
 
 Clones this repository's HEAD into a work folder, applies the `chest-xray-pneumonia` preset with
 `data.source: path:<the zip>`, runs `dvc repro` once, timed, and prints the head-only and the
@@ -8,7 +8,7 @@ Markdown table.
     python benchmarks/bench_chest.py [--data ZIP] [--work DIR] [--set finetune.epochs=8 ...]
 
 `--quick` trains 2 epochs instead of the preset's 8. `--set KEY=VALUE` changes one param after the preset (as `dvc exp run -S` would), for the
-variants the README compares. The test split is only read by the evaluate stage; nothing here
+variants docs/results.md compares. The test split is only read by the evaluate stage; nothing here
 chooses anything from it.
 """
 

@@ -1,4 +1,4 @@
-"""What the choices made on validation add to `dvc repro` on the chest X-ray set (issue 16).
+"""What the choices made on validation add to `dvc repro` on the chest X-ray set.
 
 Times, on the chest X-ray zip and on a finished chest project (bench_chest.py's work folder, for
 its features and cache), each new default against the fixed value it replaced:

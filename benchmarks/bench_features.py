@@ -3,7 +3,7 @@ as stages/extract_features.py sets it up: `tune_malloc()` first, the Classifier 
 head, the stage's defaults: batch 64, channels_last, CPU threads as torch picks them) against a
 bare `model(x)` loop on float input prepared beforehand, same model, batch size and threads.
 
-Targets (issue 4, target 3): the stage's images/s >= 0.9x the best bare loop (malloc tuned,
+Targets: the stage's images/s >= 0.9x the best bare loop (malloc tuned,
 channels_last), and tf_efficientnet_lite0 at 224 px >= 120 images/s on 2 cores.
 
     python benchmarks/bench_features.py [--data ZIP] [--n N] [--quick]

@@ -3,7 +3,7 @@ the uint8 cache, batched augmentation, forward, backward, AdamW, one-cycle step)
 of efficientnet_lite0 (tf_efficientnet_lite0) trainable, in a process set up as
 stages/finetune.py sets it up (`tune_malloc()` first, the model in channels_last as `fit` does).
 
-Targets (issue 4, target 4): >= 25 train images/s at 224 px and >= 70 at 128 px on 2 cores
+Targets: >= 25 train images/s at 224 px and >= 70 at 128 px on 2 cores
 (batch 32). On a GPU: ResNet-50 at 224 px, bf16 autocast + channels_last, >= 2,500 train images/s
 and >= 5,000 feature-extraction images/s (reported as not measured when there is no GPU).
 

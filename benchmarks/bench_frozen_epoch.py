@@ -1,4 +1,4 @@
-"""Why the frozen first epoch can end worse than the probe it starts from (issue 16).
+"""Why the frozen first epoch can end worse than the probe it starts from.
 
 Run in a project after `dvc repro` (it reads data/cache and data/features): fits the probe as
 finetune does (probe_C and temperature chosen on validation), then trains only the frozen epoch

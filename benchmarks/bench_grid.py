@@ -1,4 +1,4 @@
-"""The backbone x strategy table of the README (issue 17), from a clean checkout, by the README's own recipe.
+"""The backbone x strategy table of docs/recipes.md, from a clean checkout, by its own recipe.
 
 Clones this repository's HEAD into a work folder, applies the `chest-xray-pneumonia` preset with
 `data.source: path:<the zip>` (and any `--set KEY=VALUE`), commits that, queues one `dvc exp run` per

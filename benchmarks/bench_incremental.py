@@ -3,7 +3,7 @@ build one), `dvc repro` runs the whole pipeline on the chest X-ray zip, then onc
 change to one `head.*` param (head.C), then once more with nothing changed; `dvc status` must be
 clean at the end.
 
-Targets (issue 4, target 5): the repro after the head.C change takes <= 10% of the full repro;
+Targets: the repro after the head.C change takes <= 10% of the full repro;
 the repro with no change returns in seconds (here: <= 10 s).
 
     python benchmarks/bench_incremental.py [--data ZIP] [--size 224] [--epochs 3] [--quick]

@@ -3,7 +3,7 @@
 runs them) against torchvision `ImageFolder` + `DataLoader(num_workers=2)` decoding the same JPEGs
 with the same augmentation (v2 RandomResizedCrop, RandomHorizontalFlip, ToImage/ToDtype, Normalize).
 
-Target (issue 4, target 2): >= 10x the DataLoader's images/s over one epoch.
+Target: >= 10x the DataLoader's images/s over one epoch.
 
     python benchmarks/bench_input.py [--data ZIP] [--n N] [--quick]
 

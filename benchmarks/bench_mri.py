@@ -1,4 +1,4 @@
-"""The brain MRI table of the README (issue 16): the leak report of the shipped split, and the model on
+"""The brain MRI table of docs/results.md: the leak report of the shipped split, and the model on
 the shipped Testing split next to a leak-free test split carved by tlpipe itself, from a clean checkout.
 
     python benchmarks/bench_mri.py [--data ZIP] [--work DIR] [--split shipped|carved] [--set KEY=VALUE ...]

@@ -1,7 +1,7 @@
 """Benchmark: the resize stage (`tlpipe.cache.build_cache`, what stages/resize.py calls) against a
 one-process notebook loop `Image.open -> convert -> resize -> save` over the extracted JPEGs.
 
-Targets (issue 4, target 1): >= 1.7x the loop's images/s; peak resident memory of the stage's
+Targets: >= 1.7x the loop's images/s; peak resident memory of the stage's
 whole process tree (parent + decoding workers) at 4x the images within 1.3x.
 
     python benchmarks/bench_resize.py [--data ZIP] [--sizes 224,64] [--quick]

@@ -1,4 +1,4 @@
-"""Benchmark: memory and disk against data set size (issue 15), on generated images.
+"""Benchmark: memory and disk against data set size, on generated images.
 
 For N and 4N images (64 px JPEGs in two class folders, made here), the stage scripts resize,
 extract-features, train-head and finetune run one by one, each in a fresh process, in a scratch
