@@ -54,7 +54,11 @@ def main() -> None:
         session.choices.setdefault("chosen_on_val", {})
         session.choices["chosen_on_val"] |= {"probe_val_loss": result.start["val_loss"], "probe_val_accuracy": result.start["val_accuracy"],
                    "frozen_epochs_undone": result.kept_probe}
+    early_stop = cfg["early_stop_metric"]
+    kept_why = (f"the best {early_stop}" if result.best_epoch == result.best_value_epoch else
+                f"the last epoch within the noise of epoch {result.best_value_epoch}'s best {early_stop}")
     write_json("metrics/finetune.json", {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
+                                         "best_value_epoch": result.best_value_epoch, "kept_because": kept_why,
                                          **{k: v for k, v in best.items() if k != "step"}, **session.choices,
                                          "rule": rule_summary(rule, classes), "wall_s": round(time.perf_counter() - started, 1)})
     # Always written (DVC declares it): the range test's curve with finetune.lr auto, else empty.

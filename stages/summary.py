@@ -55,8 +55,11 @@ def main() -> None:
     pictures = {"Test images with the highest loss": "plots/report/top_losses.png",
                 "Grad-CAM: where the model looked (right and wrong, per class)": "plots/report/gradcam.png"}
     images = {caption: Path(path).read_bytes() for caption, path in pictures.items() if Path(path).is_file()}
+    finetune = timings["finetune"]
+    choices = {"Decision rule (chosen on validation)": finetune["rule"].get("why") or "argmax",
+               "Checkpoint kept": f"epoch {finetune['best_epoch']}, {finetune.get('kept_because', 'the best epoch')}"}
     page = report_page.page(f"tlpipe run: {p['backbone']['name']} on {p['data']['source']}", result, shown,
-                            timings["split"], charts(), images, _read(metrics / "data.json"))
+                            timings["split"], charts(), images, _read(metrics / "data.json"), choices)
     with atomic_path("reports/summary.html") as tmp:
         tmp.write_text(page, encoding="utf-8")
     val, test = result["finetuned"]["val"], result["finetuned"]["test"]

@@ -51,6 +51,25 @@ def learnable_tree(root: Path, per_class: int = 30) -> None:
             Image.fromarray(pixels).save(root / name / f"img{i:03d}.png")
 
 
+def rotating_fruit_frames(root: Path, classes=("apple", "banana", "cherry"), objects: int = 2, frames: int = 30,
+                          test_objects: int = 0) -> None:
+    """Fruits-360-like data: each class a few objects of its own colour, each filmed as many
+    near-identical 64 px frames, in Training/<class>/ (and Test/<class>/ for `test_objects` further objects), named as
+    Fruits-360 names them (r_<angle>_100.jpg: no subject key)."""
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(classes):
+        for folder, count in (("Training", objects), ("Test", test_objects)):
+            if count:
+                (root / folder / name).mkdir(parents=True)
+            for o in range(count):
+                base = rng.integers(0, 176, (12, 12, 3)).astype(np.uint8)
+                base[..., c % 3] += 80  # the class's colour, as a fruit's
+                base = np.asarray(Image.fromarray(base).resize((64, 64), Image.Resampling.BICUBIC), dtype=np.int16)
+                for f in range(frames):
+                    frame = np.clip(base + rng.integers(-2, 3, base.shape), 0, 255).astype(np.uint8)
+                    Image.fromarray(frame).save(root / folder / name / f"r_{o * 100 + f}_100.jpg")
+
+
 def default_params() -> dict:
     return yaml.safe_load((REPO / "params.yaml").read_text())
 

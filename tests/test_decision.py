@@ -104,10 +104,13 @@ def test_fitted_offsets_maximise_the_validation_metric_against_a_grid(problem, m
 def test_own_offsets_only_where_they_generalise(problem):
     y_val = problem["y_val"]
     skewed = fit_rule(y_val, problem["skewed"][0], "balanced_accuracy", problem["train"])
-    assert skewed["family"] == "own" and skewed["held_out_gain"]["own"] > 0
+    assert skewed["family"] == "own" and skewed["held_out_gain"]["own"]["lower_95"] > 0
+    assert skewed["why"].startswith("own offsets: balanced_accuracy gained")
     # a model right up to the prior: one strength of prior correction is all it needs
     balanced = fit_rule(y_val, problem["balanced"][0], "accuracy", problem["train"])
-    assert balanced["family"] == "prior" and balanced["held_out_gain"]["own"] <= 0 < balanced["held_out_gain"]["prior"]
+    gains = balanced["held_out_gain"]
+    assert balanced["family"] == "prior" and gains["own"]["lower_95"] <= 0 < gains["prior"]["lower_95"]
+    assert "own offsets" in balanced["why"] and "within the noise" in balanced["why"]
     y_test, probs_test = problem["y_test"], problem["skewed"][1]
     assert (metric_value("balanced_accuracy", y_test, decide(probs_test, skewed), 3)
             > metric_value("balanced_accuracy", y_test, probs_test.argmax(1), 3) + 0.02)
@@ -238,7 +241,8 @@ def test_validation_halves_keep_groups_whole_and_classes_balanced():
 def test_near_duplicate_copies_across_halves_no_longer_let_a_noisy_threshold_in():
     """Calibrated probabilities (argmax is right) on 60 patients with 5 near-identical images each:
     with halves drawn per image, each copy is judged on its twin and the own threshold always
-    'generalises'; drawn per group it is kept out in most draws, and never judged better than per image."""
+    'generalises' in most draws; drawn and resampled per group it is kept out, its evidence judged
+    far weaker on average."""
     per_image, per_group = [], []
     for seed in range(20):
         rng = np.random.default_rng(seed)
@@ -248,6 +252,8 @@ def test_near_duplicate_copies_across_halves_no_longer_let_a_noisy_threshold_in(
         probs, groups = np.stack([1 - p, p], 1), np.repeat(np.arange(60), 5)
         per_image.append(fit_rule(y, probs, "youden"))
         per_group.append(fit_rule(y, probs, "youden", groups=groups))
-    assert sum(rule["family"] == "own" for rule in per_image) == 20
-    assert sum(rule["family"] == "own" for rule in per_group) <= 8
-    assert all(g["held_out_gain"]["own"] <= i["held_out_gain"]["own"] for g, i in zip(per_group, per_image))
+    assert sum(rule["family"] == "own" for rule in per_image) >= 12
+    assert sum(rule["family"] == "own" for rule in per_group) <= 2
+    lower = {name: np.mean([r["held_out_gain"]["own"]["lower_95"] for r in rules])
+             for name, rules in (("image", per_image), ("group", per_group))}
+    assert lower["group"] < lower["image"] - 0.05, lower

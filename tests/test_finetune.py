@@ -37,14 +37,22 @@ def tiny_model(head_init: str = "random", weights: str = "none"):
     return ft.build_model(backbone, 2, tiny_cfg(head_init=head_init), probe), probe
 
 
+def scripted_loss(val_loss: float, labels: np.ndarray, **figures) -> tuple[dict, torch.Tensor]:
+    """What `validate` returns for a model whose every validation image has log loss `val_loss`."""
+    p = np.exp(-val_loss)
+    logits = torch.zeros(len(labels), 2, dtype=torch.float64)
+    logits[np.arange(len(labels)), labels] = float(np.log(p / (1 - p)))
+    return {"val_loss": val_loss, "val_accuracy": 0.5, "val_balanced_accuracy": 0.5} | figures, logits
+
+
 def test_best_checkpoint_is_kept_not_the_last(monkeypatch):
     model, _ = tiny_model()
-    scripted = iter([0.9, 0.3, 0.8, 0.7])
+    losses = iter([0.9, 0.3, 0.8, 0.7])  # the same on every image: epoch 1 is better beyond any noise
     snapshots = []
 
     def scripted_evaluate(model, data, cfg, device, decision=None, ranks=None):
         snapshots.append(copy.deepcopy(model.state_dict()))
-        return {"val_loss": next(scripted), "val_accuracy": 0.5, "val_balanced_accuracy": 0.5}
+        return scripted_loss(next(losses), data.labels)
 
     monkeypatch.setattr(ft, "validate", scripted_evaluate)
     result = ft.fit(model, tiny_data(16, 0), tiny_data(8, 1), tiny_cfg(epochs=4), 2, torch.device("cpu"), log=lambda _: None)
@@ -58,8 +66,8 @@ def test_early_stopping_after_patience_counted_past_the_rate_peak(monkeypatch):
     """10 epochs: the one-cycle rate peaks in epoch 3 (30%), so epochs 0-3 never count towards
     patience; with a validation loss that only rises, patience 2 stops after epochs 4 and 5."""
     model, _ = tiny_model()
-    scripted = iter([0.5 + 0.1 * i for i in range(10)])
-    monkeypatch.setattr(ft, "validate", lambda *a: {"val_loss": next(scripted), "val_accuracy": 0, "val_balanced_accuracy": 0})
+    losses = iter([0.5 + 0.1 * i for i in range(10)])
+    monkeypatch.setattr(ft, "validate", lambda model, data, *a: scripted_loss(next(losses), data.labels))
     result = ft.fit(model, tiny_data(16, 0), tiny_data(8, 1), tiny_cfg(epochs=10, patience=2), 2,
                     torch.device("cpu"), log=lambda _: None)
     assert len(result.history) == 6 and result.best_epoch == 0
@@ -142,7 +150,7 @@ def test_ema_weights_are_validated_and_kept(monkeypatch):
 
     def scripted_evaluate(model, data, cfg, device, decision=None, ranks=None):
         validated.append(model)
-        return {"val_loss": 1.0 - len(validated) / 10, "val_accuracy": 0.5, "val_balanced_accuracy": 0.5}
+        return scripted_loss(1.0 - len(validated) / 10, data.labels)
 
     monkeypatch.setattr(ft, "AveragedModel", RecordingAverage)
     monkeypatch.setattr(ft, "validate", scripted_evaluate)
@@ -159,3 +167,53 @@ def test_ema_weights_are_validated_and_kept(monkeypatch):
             expected = decay * expected + (1 - decay) * step[key]
         assert torch.allclose(value, expected, atol=1e-6), key
     assert any(not torch.equal(model.state_dict()[k], raw[-1][k]) for k in raw[-1])
+
+
+def test_a_later_epoch_within_the_noise_of_the_best_is_kept(monkeypatch):
+    """Balanced accuracy 0.75, 0.875, 0.75 on 8 validation images: epoch 2 is one image below epoch 1,
+    which no paired test can tell from noise, so the schedule's later epoch is kept."""
+    model, _ = tiny_model()
+    val = tiny_data(8, 1)
+    wrong_per_epoch = iter([[0, 1], [0], [1]])
+
+    def scripted_evaluate(model, data, cfg, device, decision=None, ranks=None):
+        logits = torch.zeros(len(data.labels), 2, dtype=torch.float64)
+        logits[np.arange(len(data.labels)), data.labels] = 1.0
+        for i in next(wrong_per_epoch):
+            logits[i] = logits[i].flip(0)
+        right = (logits.argmax(1).numpy() == data.labels)
+        return {"val_loss": 0.5, "val_accuracy": right.mean(), "val_balanced_accuracy": right.mean()}, logits
+
+    monkeypatch.setattr(ft, "validate", scripted_evaluate)
+    result = ft.fit(model, tiny_data(16, 0), val, tiny_cfg(epochs=3, early_stop_metric="val_balanced_accuracy"), 2,
+                    torch.device("cpu"), log=lambda _: None)
+    assert (result.best_value_epoch, result.best_epoch) == (1, 2)
+    assert [round(row["val_balanced_accuracy"], 3) for row in result.history] == [0.75, 0.875, 0.875]
+
+
+def test_clearly_worse_is_a_paired_test_over_groups():
+    best = np.zeros(100)
+    one_more_error = best.copy()
+    one_more_error[0] = 1
+    many_more = best.copy()
+    many_more[:12] = 1
+    assert not ft.clearly_worse(one_more_error, best, None)
+    assert ft.clearly_worse(many_more, best, None)
+    # the same twelve errors in one patient's twelve images are one draw, not twelve
+    patients = np.concatenate([np.zeros(12), np.arange(1, 89)])
+    assert not ft.clearly_worse(many_more, best, patients)
+    assert ft.clearly_worse(best + 0.1, best, None)  # the same loss rise on every image is no noise
+    assert not ft.clearly_worse(best, best + 0.1, None)
+
+
+def test_per_image_cost_averages_to_the_metric():
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    logits = torch.tensor([[3.0, 0, 0], [0, 3, 0], [3, 0, 0], [0, 3, 0], [3, 0, 0], [0, 0, 3]])
+    predicted = logits.argmax(1).numpy()
+    from sklearn.metrics import balanced_accuracy_score, log_loss
+    assert ft.per_image_cost("val_accuracy", logits, labels).mean() == pytest.approx(1 - (predicted == labels).mean())
+    assert ft.per_image_cost("val_balanced_accuracy", logits, labels).mean() == pytest.approx(
+        1 - balanced_accuracy_score(labels, predicted))
+    assert ft.per_image_cost("val_loss", logits, labels).mean() == pytest.approx(
+        log_loss(labels, torch.softmax(logits, 1).numpy()))
+    assert ft.per_image_cost("val_quadratic_kappa", logits, labels) is None

@@ -7,7 +7,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from conftest import REPO, png_bytes, split_cfg
+from conftest import REPO, png_bytes, rotating_fruit_frames, split_cfg
 from tlpipe.data.group_keys import find_group_key
 from tlpipe.data.raw import RawData
 from tlpipe.data.split import build_split, split_metrics
@@ -89,22 +89,6 @@ def test_the_default_digits_split_keeps_every_class_share_in_test(tmp_path):
     expected = table["label"].value_counts() * len(test) / len(table)
     assert (test["label"].value_counts() - expected).abs().max() <= 2, test["label"].value_counts().to_dict()
     assert split_metrics(table, report, 0.97)["near_duplicates"]["too_small_to_search"]["images"] == 1797
-
-
-def rotating_fruit_frames(root: Path, classes=("apple", "banana", "cherry"), objects=2, frames=30) -> None:
-    """Fruits-360-like data: each class a few objects, each filmed as many near-identical frames."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for c, name in enumerate(classes):
-        (root / "Training" / name).mkdir(parents=True)
-        for o in range(objects):
-            base = rng.integers(0, 256, (12, 12, 3)).astype(np.uint8)
-            base = np.asarray(Image.fromarray(base).resize((64, 64), Image.Resampling.BICUBIC), dtype=np.int16)
-            for f in range(frames):
-                frame = np.clip(base + rng.integers(-2, 3, base.shape), 0, 255).astype(np.uint8)
-                Image.fromarray(frame).save(root / "Training" / name / f"r_{o * 100 + f}_100.jpg")
 
 
 def test_frames_of_few_objects_split_image_by_image_and_say_so(tmp_path):

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image, ImageEnhance
 
 from conftest import split_cfg
+from tlpipe.data import phash
 from tlpipe.data.raw import RawData
 from tlpipe.data.split import build_split, split_metrics
 
@@ -97,3 +98,29 @@ def test_off_finds_no_near_duplicates(leaky_set):
     raw, _ = leaky_set
     _, report = build_split(RawData(raw), split_cfg(near_duplicate_similarity=None))
     assert report.near_duplicate_pairs == []
+
+
+@pytest.mark.parametrize("n", [300, 3000])
+def test_multi_index_search_finds_exactly_the_pairs_within_the_radius(n, monkeypatch):
+    """Every pair within CANDIDATE_BITS, once, as comparing all pairs finds them, also when the
+    lookups and candidates come in many small blocks and one bucket holds many identical hashes."""
+    monkeypatch.setattr(phash, "LOOKUP_BLOCK", 500)
+    monkeypatch.setattr(phash, "CANDIDATE_BLOCK", 700)
+    rng = np.random.default_rng(n)
+    centres = rng.integers(0, 2**63, n // 10, dtype=np.uint64)
+    hashes = [centres]
+    for flips in range(1, 9):  # clusters at 1 to 12 bits from their centre: inside and outside the radius
+        noise = np.zeros(len(centres), dtype=np.uint64)
+        for bit in rng.integers(0, 64, (flips + flips // 2, len(centres))):
+            noise |= np.uint64(1) << bit.astype(np.uint64)
+        hashes.append(centres ^ noise)
+    hashes = np.concatenate(hashes + [np.zeros(40, dtype=np.uint64)])
+    distance = np.bitwise_count(hashes[:, None] ^ hashes[None, :])
+    i, j = np.nonzero(np.triu(distance <= phash.CANDIDATE_BITS, 1))
+    expected = set(zip(i.tolist(), j.tolist()))
+    found = [(a, b, d) for i, j, d in phash.candidate_pairs(hashes, phash.CANDIDATE_BITS)
+             for a, b, d in zip(i.tolist(), j.tolist(), d.tolist())]
+    assert len(found) == len({(a, b) for a, b, _ in found})  # no pair twice
+    assert {(a, b) for a, b, _ in found} == expected
+    assert all(d == distance[a, b] for a, b, d in found)
+    assert 0 < len(expected) < len(hashes) * (len(hashes) - 1) / 2 / 10

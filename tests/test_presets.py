@@ -1,9 +1,11 @@
+import json
 import shutil
+import sys
 
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, rotating_fruit_frames, run
 from tlpipe import params, presets
 from tlpipe.cli import main
 from tlpipe.errors import TlpipeError
@@ -76,3 +78,25 @@ def test_cli_lists_presets_and_prints_exp_run_arguments(capsys, tmp_path):
     command = capsys.readouterr().out.strip()
     assert command.startswith(f"dvc exp run -S 'data.source=path:{tmp_path / 'fruits.zip'}'")
     assert "-S 'resize.size=128'" in command
+
+
+@pytest.mark.slow
+def test_fruits_360_preset_runs_end_to_end_on_rotating_frames(dvc_project, tmp_path):
+    """A seed's data set runs with its own preset: frames of one object are one near-duplicate
+    group, too few to carve validation by group, so it is carved image by image, with a warning
+    that validation is flattered, and the shipped Test folder stays the honest figure."""
+    data = tmp_path / "fruits"
+    rotating_fruit_frames(data, objects=2, frames=30, test_objects=1)
+    run([sys.executable, "-m", "tlpipe.cli", "preset", "fruits-360", "--source", f"path:{data}"], dvc_project)
+    run(["git", "add", "-A"], dvc_project)
+    run(["git", "commit", "-qm", "fruits preset"], dvc_project)
+    repro = run(["dvc", "repro"], dvc_project)
+    out = repro.stdout + repro.stderr
+    assert "too few image groups to carve validation and test by group" in out
+    split = json.loads((dvc_project / "metrics" / "split.json").read_text())
+    assert set(split["carved_by_image"]) == {"apple", "banana", "cherry"}
+    assert split["counts"]["test"] == {"apple": 30, "banana": 30, "cherry": 30}  # the shipped Test folder
+    evaluate = json.loads((dvc_project / "metrics" / "evaluate.json").read_text())
+    assert evaluate["finetune"]["test"]["n"] == 90
+    assert evaluate["finetune"]["test"]["accuracy"] > 1 / 3  # it learned something beyond chance
+    assert (dvc_project / "reports" / "summary.html").is_file()

@@ -4,6 +4,7 @@ found by content, then kept, grouped or dropped."""
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import PurePosixPath
 
 import numpy as np
@@ -125,7 +126,9 @@ def handle_duplicates(images: pd.DataFrame, raw: RawData, cfg: dict, report: Spl
                 else:
                     report.duplicates.append(entry)
     images = images.loc[sorted(keep)].drop(columns=["_rank", "_depth"])
+    started = time.perf_counter()
     near = _near_pairs(images, prints, similarity) if prints is not None else []
+    report.near_duplicate_search_s = round(time.perf_counter() - started, 2)
     if near and cfg["cross_split_duplicates"] == "drop":
         images = _drop_near_across_shipped(images, near, report)
         kept = set(images["path"])
@@ -176,7 +179,7 @@ def leak_report(table: pd.DataFrame, report: SplitReport, similarity: float | No
                          "with_a_match_in": {other: len(found) for other, found in sorted(by_split.items())},
                          "examples": [{"path": p, "near": matches[p], "near_split": split_of[matches[p]]}
                                       for p in sorted(matches)[:examples]]}
-    return {"similarity": similarity, "pairs": len(pairs), "groups": len(groups),
+    return {"similarity": similarity, "search_s": report.near_duplicate_search_s, "pairs": len(pairs), "groups": len(groups),
             "images_in_groups": sum(len(g) for g in groups), "largest_group": max((len(g) for g in groups), default=0),
             "pairs_with_different_labels": sum(label_of[a] != label_of[b] for a, b in pairs),
             # smaller images are searched for exact copies only (see tlpipe.data.phash.MIN_SIDE)

@@ -16,6 +16,7 @@ class SplitReport:
     carved_by_image: dict = field(default_factory=dict)  # {class: {groups, images}}: too few groups to carve
     fold: dict = field(default_factory=dict)  # {index, of}: the validation fold of k-fold cross-validation
     near_duplicate_pairs: list[tuple[str, str]] = field(default_factory=list)
+    near_duplicate_search_s: float = 0.0  # the pHash search and thumbnail check, not the decoding
 
     def skip(self, path: str, reason: str) -> None:
         self.skipped.append({"path": path, "reason": reason})

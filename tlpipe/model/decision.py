@@ -48,7 +48,7 @@ def threshold_rule(threshold: float, metric: str) -> dict:
     """The two-class rule deciding classes[1] when its probability exceeds `threshold`."""
     half = float(np.log(threshold / (1 - threshold))) / 2
     return {"metric": metric, "family": "own", "tau": 0.0, "offsets": [half, -half], "refined": [0, 1],
-            "held_out_gain": {}, "val_argmax": None, "val_rule": None}
+            "held_out_gain": {}, "val_argmax": None, "val_rule": None, "why": "a threshold given by hand"}
 
 
 def rule_summary(rule: dict | None, classes: list[str]) -> dict:
@@ -59,6 +59,7 @@ def rule_summary(rule: dict | None, classes: list[str]) -> dict:
     summary = {"fitted_for": rule["metric"], "family": rule["family"], "tau": round(rule["tau"], 6),
                "offsets": {name: round(v, 6) for name, v in zip(classes, rule["offsets"])},
                "own_offsets": [classes[k] for k in rule["refined"]], "held_out_gain": rule["held_out_gain"],
+               "why": rule.get("why"),
                "val_under_rule": rule["val_rule"], "val_under_argmax": rule["val_argmax"]}
     if len(classes) == 2:
         summary["threshold"] = round(threshold_of(rule), 6)
@@ -102,11 +103,11 @@ def metric_value(name: str, y_true: np.ndarray, predicted: np.ndarray, num_class
     """One metric of fixed decisions, by the same definitions the fitting maximises."""
     confusion = np.bincount(np.asarray(y_true) * num_classes + np.asarray(predicted),
                             minlength=num_classes * num_classes).reshape(num_classes, num_classes)
-    return float(_stats_metric(name, confusion[None])[0])
+    return float(metric_of_confusions(name, confusion[None])[0])
 
 
-def _stats_metric(name: str, confusions: np.ndarray) -> np.ndarray:
-    """Metric of a batch of (K, K) confusion matrices."""
+def metric_of_confusions(name: str, confusions: np.ndarray) -> np.ndarray:
+    """Metric of a batch of (K, K) confusion matrices of the same images (one row total per class)."""
     row = confusions[0].sum(1).astype(np.float64)
     tp = np.diagonal(confusions, axis1=1, axis2=2).astype(np.float64)
     col = confusions.sum(1).astype(np.float64)

@@ -59,6 +59,8 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
     start: dict | None = None   # validation figures of the starting model (the probe), when checked
     kept_probe: bool = False    # the frozen epochs ended worse on validation loss than the probe: undone
+    best_value_epoch: int = -1  # the epoch with the best early_stop_metric; best_epoch (kept) is the last
+    #                             epoch not worse than it beyond the noise, where the metric is a mean over images
 
 
 def probe_head(backbone: Backbone, num_classes: int, cfg: dict, probe: Features | None,
@@ -160,10 +162,10 @@ def train_one_epoch(model: Classifier, data: Split, optimizer, scheduler, loss_f
 
 
 def validate(model: Classifier, data: Split, cfg: dict, device: torch.device,
-             decision: tuple[str, np.ndarray] | None = None, ranks: Ranks = SINGLE) -> dict:
-    """Validation figures of one epoch; with `decision` (metric, training labels) also that
-    metric under a decision rule fitted to these validation predictions (`val_decision_metric`).
-    Every rank computes the same figures (the logits are gathered on each)."""
+             decision: tuple[str, np.ndarray] | None = None, ranks: Ranks = SINGLE) -> tuple[dict, torch.Tensor]:
+    """Validation figures of one epoch, and the logits they come from; with `decision` (metric,
+    training labels) also that metric under a decision rule fitted to these validation predictions
+    (`val_decision_metric`). Every rank computes the same figures (the logits are gathered on each)."""
     logits = predict_logits(model, data.images, cfg["batch_size"] * 2, device, cfg["channels_last"], amp=cfg["amp"],
                             ranks=ranks)
     labels = torch.from_numpy(np.array(data.labels))
@@ -179,7 +181,37 @@ def validate(model: Classifier, data: Split, cfg: dict, device: torch.device,
         "val_balanced_accuracy": float(balanced_accuracy_score(data.labels, predicted)),
         # nan when predictions or labels hold one class only: no agreement beyond chance
         "val_quadratic_kappa": float(np.nan_to_num(cohen_kappa_score(data.labels, predicted, weights="quadratic"))),
-    }
+    }, logits
+
+
+def per_image_cost(metric: str, logits: torch.Tensor, labels: np.ndarray) -> np.ndarray | None:
+    """What `metric` averages over validation images, as a cost per image (lower is better): the
+    loss, or an error weighted as the metric weighs it; None where the metric is no such mean."""
+    labels = np.asarray(labels)
+    if metric == "val_loss":
+        return nn.functional.cross_entropy(logits.double(), torch.from_numpy(labels), reduction="none").numpy()
+    wrong = (logits.argmax(1).numpy() != labels).astype(np.float64)
+    if metric == "val_accuracy":
+        return wrong
+    if metric == "val_balanced_accuracy":  # mean recall = a mean over images weighted by 1 / their class's share
+        counts = np.bincount(labels)
+        return wrong * len(labels) / (np.count_nonzero(counts) * counts[labels])
+    return None
+
+
+def clearly_worse(cost: np.ndarray, best_cost: np.ndarray, groups: np.ndarray | None, z: float = 1.645) -> bool:
+    """Whether per-image costs `cost` are above `best_cost` on average beyond the noise: the paired
+    difference's mean is more than `z` (one-sided 95%) standard errors above zero, the standard
+    error taken over validation groups (a patient's or near-duplicate group's images move together)."""
+    difference = cost - best_cost
+    _, group_of = np.unique(np.arange(len(cost)) if groups is None else np.asarray(groups), return_inverse=True)
+    per_group = np.bincount(group_of.reshape(-1), weights=difference)
+    size = np.bincount(group_of.reshape(-1))
+    mean, n, g = difference.mean(), len(difference), len(per_group)
+    if g < 2:
+        return bool(mean > 0)
+    se = math.sqrt(g / (g - 1) * float(((per_group - size * mean) ** 2).sum())) / n
+    return bool(mean > z * se) if se > 0 else bool(mean > 0)
 
 
 def _is_better(metric: str, value: float, best: float | None) -> bool:
@@ -214,8 +246,11 @@ def fit(model: Classifier, train: Split, val: Split, cfg: dict, num_classes: int
         log: Callable[[str], None] = print, on_epoch: Callable[[dict], None] | None = None,
         decision_metric: str | None = None, ranks: Ranks = SINGLE, checkpoints: Checkpoints | None = None,
         ) -> FitResult:
-    """Train for `cfg['epochs']`, keeping the weights of the best epoch on `early_stop_metric`
-    (`val_decision_metric`: `decision_metric` under a rule fitted on that epoch's validation).
+    """Train for `cfg['epochs']`, keeping the weights of the last epoch that is not worse than the best
+    on `early_stop_metric` beyond the noise (`clearly_worse`; for `val_quadratic_kappa` and
+    `val_decision_metric`, `decision_metric` under a rule fitted on that epoch's validation, which
+    are no means over images: the best epoch). Later epochs of the one-cycle schedule are preferred
+    where validation cannot separate them: a saturated validation set keeps the schedule's end.
     `cfg['batch_size']` is the global batch: one and N processes (`ranks`) train the same model.
     With `checkpoints` (tlpipe.train.resume) the state is saved after every epoch; a matching one is resumed."""
     if len(train.labels) == 0 or len(val.labels) == 0:
@@ -241,7 +276,7 @@ def fit(model: Classifier, train: Split, val: Split, cfg: dict, num_classes: int
         raise TlpipeError("finetune: early_stop_metric val_decision_metric needs evaluate.decision_metric.")
     decision = (decision_metric, train.labels) if decision_metric is not None else None
     result = FitResult(copy.deepcopy(model.state_dict()), best_epoch=-1)
-    best, since_best, stopped, first_epoch, start_head = None, 0, False, 0, None
+    best, best_cost, since_best, stopped, first_epoch, start_head = None, None, 0, False, 0, None
     saved = share(checkpoints.load() if checkpoints is not None and ranks.is_main else None, ranks)
     if saved is not None:
         model.load_state_dict(saved["model"])
@@ -251,21 +286,23 @@ def fit(model: Classifier, train: Split, val: Split, cfg: dict, num_classes: int
             average.load_state_dict(saved["average"])
         restore_random_states(generator, saved["random"])
         result = FitResult(**saved["result"])
-        best, since_best, stopped, start_head = saved["best"], saved["since_best"], saved["stopped"], saved["start_head"]
+        best, best_cost, since_best = saved["best"], saved["best_cost"], saved["since_best"]
+        stopped, start_head = saved["stopped"], saved["start_head"]
         first_epoch = saved["epoch"] + 1
         log(f"finetune: resuming after epoch {saved['epoch']} from {checkpoints.path} (same params, inputs and code)")
     # The frozen epochs train the probe (fitted and calibrated on plain features) on augmented images with
     # a smoothed loss and can end worse: they are undone when their validation loss is above the probe's.
     check_start = cfg["head_init"] == "probe" and 0 < cfg["freeze_epochs"] <= cfg["epochs"]
     if check_start and saved is None:
-        result.start = validate(validated, val, cfg, device, decision, ranks)
+        result.start, _ = validate(validated, val, cfg, device, decision, ranks)
         start_head = copy.deepcopy(model.head.state_dict())
         log(f"probe: val_loss {result.start['val_loss']:.4f} val_accuracy {result.start['val_accuracy']:.4f}")
     for epoch in range(first_epoch, cfg["epochs"] if not stopped else 0):
         row = {"step": epoch, "lr": optimizer.param_groups[0]["lr"]}
         row |= train_one_epoch(model, train, optimizer, scheduler, loss_fn, augment, cfg, epoch, device, generator,
                                average, replicas, ranks)
-        row |= validate(validated, val, cfg, device, decision, ranks)
+        figures, logits = validate(validated, val, cfg, device, decision, ranks)
+        row |= figures
         if check_start and epoch == cfg["freeze_epochs"] - 1 and row["val_loss"] > result.start["val_loss"]:
             log(f"epoch {epoch}: val_loss {row['val_loss']:.4f} is worse than the probe's; the frozen epochs "
                 "are undone (the probe head is kept)")
@@ -273,16 +310,20 @@ def fit(model: Classifier, train: Split, val: Split, cfg: dict, num_classes: int
                 target.head.load_state_dict(start_head)
             row |= result.start
             result.kept_probe = True
+            _, logits = validate(validated, val, cfg, device, None, ranks)
         result.history.append(row)
+        cost = per_image_cost(metric, logits, val.labels)
         improved = _is_better(metric, row[metric], best)
+        kept = improved or (cost is not None and not clearly_worse(cost, best_cost, val.groups))
         log(f"epoch {epoch}: train_loss {row['train_loss']:.4f} val_loss {row['val_loss']:.4f} "
             f"val_accuracy {row['val_accuracy']:.4f}"
             + (f" {metric} {row[metric]:.4f}" if metric not in ("val_loss", "val_accuracy") else "")
             + f" ({row['train_images_per_s']:.0f} img/s)"
-            + (" *best" if improved else ""))
-        if improved:
-            best, since_best = row[metric], 0
+            + (" *best" if improved else " kept: within the noise of the best" if kept else ""))
+        if kept:
             result.state_dict, result.best_epoch = copy.deepcopy(validated.state_dict()), epoch
+        if improved:
+            best, best_cost, since_best, result.best_value_epoch = row[metric], cost, 0, epoch
         elif epoch >= first_counted:
             since_best += 1
             stopped = bool(cfg["patience"]) and since_best >= cfg["patience"]
@@ -290,7 +331,7 @@ def fit(model: Classifier, train: Split, val: Split, cfg: dict, num_classes: int
             checkpoints.save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                               "scheduler": scheduler.state_dict(), "random": random_states(generator),
                               "average": average.state_dict() if average is not None else None, "result": result,
-                              "best": best, "since_best": since_best, "stopped": stopped, "start_head": start_head})
+                              "best": best, "best_cost": best_cost, "since_best": since_best, "stopped": stopped, "start_head": start_head})
         if on_epoch is not None:  # the stage logs it live (tlpipe/train/live.py): DVC sees progress mid-run
             on_epoch(row)
         if stopped:

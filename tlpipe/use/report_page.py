@@ -79,9 +79,9 @@ def _png(data: bytes, alt: str) -> str:
 
 
 def page(title: str, headline: dict, params: dict[str, object], split: dict, charts: list[str],
-         images: dict[str, bytes], data: dict) -> str:
+         images: dict[str, bytes], data: dict, choices: dict[str, str]) -> str:
     """The whole page; charts: inline SVG strings; images: {caption: PNG bytes}; data: the data's
-    identity (metrics/data.json)."""
+    identity (metrics/data.json); choices: {what was chosen on validation: what and why}."""
     params_rows = [[k, v] for k, v in params.items()]
     wall = headline.get("wall_s", {})
     sections = [
@@ -93,6 +93,8 @@ def page(title: str, headline: dict, params: dict[str, object], split: dict, cha
         "sensitivity and specificity of independent images): two runs whose intervals overlap widely may not "
         f"differ. Best epoch of fine-tuning: {headline['finetuned'].get('best_epoch')}.</p>",
         headline_table(headline),
+        "<ul>" + "".join(f"<li><b>{html.escape(what)}</b>: {html.escape(why)}</li>" for what, why in choices.items())
+        + "</ul>",
         "<h2>Charts</h2><div class='charts'>" + "".join(f"<div>{c}</div>" for c in charts) + "</div>",
         *[f"<h2>{html.escape(caption)}</h2>{_png(data, caption)}" for caption, data in images.items()],
         "<h2>Params that shape the result</h2>" + _table(["param", "value"], params_rows),
