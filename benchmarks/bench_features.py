@@ -39,7 +39,8 @@ def child_stage(work: Path, data: Path, n: int) -> dict:
     # The imports and calls of stages/extract_features.py main(), in that order.
     from torch import nn
 
-    from tlpipe.model.backbones import Classifier, create_backbone
+    from tlpipe.model.backbones import create_backbone
+    from tlpipe.model.classifier import Classifier
     from tlpipe.data.cache import load_split
     from tlpipe.train.features import extract_features
     from tlpipe.runtime import pick_device, tune_malloc

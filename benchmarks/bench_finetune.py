@@ -86,7 +86,8 @@ def child_gpu(work: Path, data: Path, batches: int) -> dict:
     import torch
     from torch import nn
 
-    from tlpipe.model.backbones import Classifier, create_backbone
+    from tlpipe.model.backbones import create_backbone
+    from tlpipe.model.classifier import Classifier
     from tlpipe.data.cache import load_split
     from tlpipe.train.features import extract_features
 

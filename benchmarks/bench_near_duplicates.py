@@ -47,7 +47,8 @@ def make_frames(root: Path, n: int) -> None:
         folder = root / f"class{c:04d}"
         folder.mkdir(parents=True, exist_ok=True)
         for o in range(OBJECTS):
-            texture = Image.fromarray(rng.integers(0, 256, (10, 10, 3), dtype=np.uint8)).resize((96, 96), Image.Resampling.BICUBIC)
+            texture = Image.fromarray(rng.integers(0, 256, (10, 10, 3), dtype=np.uint8))
+            texture = texture.resize((96, 96), Image.Resampling.BICUBIC)
             for f in range(FRAMES):
                 if c * per_class + o * FRAMES + f >= n:
                     break

@@ -1,7 +1,8 @@
 """evaluate: the head model and the fine-tuned model on val and test -> metrics + plot data.
 
 Each model is judged under the decision rule stored in its own file (chosen on validation by the
-stage that trained it); this stage chooses nothing."""
+stage that trained it). The one choice made here is the ensemble's rule, fitted on validation
+predictions alone (tlpipe.use.ensemble); the test split is only ever scored."""
 
 
 from tlpipe import params

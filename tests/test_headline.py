@@ -16,14 +16,6 @@ def test_plain_names_are_the_rule_and_argmax_is_named_as_such():
     assert "per_class" not in rule and "n" not in rule
 
 
-def test_files_with_a_validated_threshold_read_the_thresholds_figures():
-    old = split_metrics(0.846, at_val_threshold={"threshold": 0.3, "accuracy": 0.888, "balanced_accuracy": 0.86,
-                                                 "sensitivity": 0.99, "specificity": 0.7})
-    rule = under_rule(old)
-    assert (rule["accuracy"], rule["balanced_accuracy"], rule["accuracy_argmax"]) == (0.888, 0.86, 0.846)
-    assert rule["roc_auc"] == 0.9  # threshold-free figures appear once
-
-
 def test_multiclass_argmax_model_has_one_accuracy():
     rule = under_rule(split_metrics(0.7))
     assert rule["accuracy"] == 0.7 and "accuracy_argmax" not in rule and "sensitivity" not in rule

@@ -1,4 +1,5 @@
-"""What every stage script shares: params loading and a clean exit on user errors."""
+"""What every stage script shares: a clean exit on user errors and interrupts, the wall time it
+reports, and the run record mirrored beside its outputs."""
 
 import os
 import signal

@@ -5,20 +5,38 @@ from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 import numpy as np
 import pandas as pd
 
-from tlpipe.data.phash import MIN_SIDE, fingerprint, near_duplicates, too_small
+from tlpipe.data.phash import MIN_SIDE, THUMB_SIDE, fingerprint, near_duplicates, too_small
 from tlpipe.data.raw import RawData
 from tlpipe.data.split_report import SplitReport
 
 
+@dataclass
+class Fingerprints:
+    """Near-duplicate fingerprints (tlpipe.data.phash.fingerprint) of the listed files, one row
+    each, in one array per field: a million images hold about 1 KB each here."""
+    paths: list[str]
+    hashes: np.ndarray   # (N,) uint64 pHash
+    thumbs: np.ndarray   # (N, THUMB_SIDE**2) float32, unit-norm and zero-mean
+    found: np.ndarray    # (N,) bool: decoded, and large enough to search
+
+    @classmethod
+    def empty(cls, paths: list[str]) -> "Fingerprints":
+        n = len(paths)
+        return cls(paths, np.zeros(n, dtype=np.uint64), np.zeros((n, THUMB_SIDE ** 2), dtype=np.float32),
+                   np.zeros(n, dtype=bool))
+
+
 def _content_hashes(raw: RawData, paths: list[str], report: SplitReport,
-                    prints: dict | None = None) -> dict[str, str]:
-    """Content hash of every readable file; with `prints`, also its near-duplicate fingerprint."""
+                    prints: Fingerprints | None = None) -> dict[str, str]:
+    """Content hash of every readable file; with `prints`, also fill in its near-duplicate fingerprint."""
     hashes = {}
+    row_of = {path: row for row, path in enumerate(prints.paths)} if prints is not None else {}
     for path, content in raw.iter_bytes(paths):
         if isinstance(content, Exception):
             report.skip(path, f"unreadable: {content}")
@@ -27,7 +45,8 @@ def _content_hashes(raw: RawData, paths: list[str], report: SplitReport,
             if prints is not None and too_small(content):
                 report.too_small_for_near_duplicates += 1
             elif prints is not None and (found := fingerprint(content)) is not None:
-                prints[path] = found
+                row = row_of[path]
+                prints.hashes[row], prints.thumbs[row], prints.found[row] = found[0], found[1], True
     return hashes
 
 
@@ -56,16 +75,18 @@ def _union_groups(images: pd.DataFrame, near: list[tuple[str, str]]) -> pd.Serie
     return images["group"].map(root)
 
 
-def _near_pairs(images: pd.DataFrame, prints: dict, similarity: float) -> list[tuple[str, str]]:
-    """Near-duplicate pairs (path, path) among the kept images, identical content left out."""
-    paths = [p for p in images["path"] if p in prints]
-    if len(paths) < 2:
-        return []
-    hashes = np.array([prints[p][0] for p in paths], dtype=np.uint64)
-    thumbs = np.stack([prints[p][1] for p in paths])
+def _near_pairs(images: pd.DataFrame, prints: Fingerprints, similarity: float) -> list[tuple[str, str]]:
+    """Near-duplicate pairs (path, path) among the kept images, identical content left out. The
+    search runs over every fingerprint (copies dropped since are few) so that no array is copied."""
     content = dict(zip(images["path"], images["hash"]))
-    return [(paths[i], paths[j]) for i, j in near_duplicates(hashes, thumbs, similarity)
-            if content[paths[i]] != content[paths[j]]]
+    searched = np.flatnonzero(prints.found)
+    if len(searched) < 2:
+        return []
+    pairs = near_duplicates(prints.hashes[searched], prints.thumbs[searched] if len(searched) < len(prints.paths)
+                            else prints.thumbs, similarity)
+    paths = [prints.paths[row] for row in searched]
+    return [(paths[i], paths[j]) for i, j in pairs.tolist()
+            if paths[i] in content and paths[j] in content and content[paths[i]] != content[paths[j]]]
 
 
 def _drop_near_across_shipped(images: pd.DataFrame, near: list[tuple[str, str]], report: SplitReport) -> pd.DataFrame:
@@ -94,8 +115,9 @@ def handle_duplicates(images: pd.DataFrame, raw: RawData, cfg: dict, report: Spl
       cross_split_duplicates: drop, dropped from the side we learn from.
     """
     similarity = cfg["near_duplicate_similarity"]
-    prints: dict | None = {} if similarity is not None else None
-    hashes = _content_hashes(raw, images["path"].tolist(), report, prints)
+    paths = images["path"].tolist()
+    prints = Fingerprints.empty(paths) if similarity is not None else None
+    hashes = _content_hashes(raw, paths, report, prints)
     images = images[images["path"].isin(hashes)].copy()
     images["hash"] = images["path"].map(hashes)
     rank = images["shipped"].map({"test": 0, "val": 1, "train": 2}).fillna(3)
@@ -179,7 +201,8 @@ def leak_report(table: pd.DataFrame, report: SplitReport, similarity: float | No
                          "with_a_match_in": {other: len(found) for other, found in sorted(by_split.items())},
                          "examples": [{"path": p, "near": matches[p], "near_split": split_of[matches[p]]}
                                       for p in sorted(matches)[:examples]]}
-    return {"similarity": similarity, "search_s": report.near_duplicate_search_s, "pairs": len(pairs), "groups": len(groups),
+    return {"similarity": similarity, "search_s": report.near_duplicate_search_s, "pairs": len(pairs),
+            "groups": len(groups),
             "images_in_groups": sum(len(g) for g in groups), "largest_group": max((len(g) for g in groups), default=0),
             "pairs_with_different_labels": sum(label_of[a] != label_of[b] for a, b in pairs),
             # smaller images are searched for exact copies only (see tlpipe.data.phash.MIN_SIDE)

@@ -8,8 +8,9 @@ scale for almost nothing):
    hashing (Norouzi et al. 2012), exact and sub-quadratic: the hash is cut into m chunks, and two
    hashes within 10 bits agree within floor(10 / m) bits on at least one chunk, so each image looks
    up only the chunk values that close to its own, in each chunk's sorted table. m is chosen for
-   the number of images so that a table's buckets hold about one image each (4 chunks of 16 bits
-   up to ~200,000 images, 3 of 21-22 bits above), and candidates are checked in bounded blocks;
+   the number of images by an estimate of lookups plus candidates (6 chunks of 10-11 bits below
+   ~14,000 images, 4 of 16 bits up to ~680,000, 3 of 21-22 bits above); candidates are checked
+   in bounded blocks (benchmarks/bench_near_duplicates.py);
 2. confirmed: the Pearson correlation of the 16x16 thumbnails is at least `similarity`.
 Brightness and contrast changes leave the correlation at ~1.0; a crop of 4 of 224 pixels per side
 keeps it >= 0.90 (10th percentile 0.945) on the brain MRI set, while distinct slices of one scanner
@@ -134,7 +135,8 @@ def _expanded(items: np.ndarray, low: np.ndarray, high: np.ndarray) -> Iterator[
         high, items = np.minimum(low + CANDIDATE_BLOCK, high[entry]), items[entry]
     sizes = high - low
     ends = np.cumsum(sizes)
-    cuts = np.searchsorted(ends, np.arange(CANDIDATE_BLOCK, ends[-1] if len(ends) else 0, CANDIDATE_BLOCK), side="right")
+    total = ends[-1] if len(ends) else 0
+    cuts = np.searchsorted(ends, np.arange(CANDIDATE_BLOCK, total, CANDIDATE_BLOCK), side="right")
     for start, stop in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(sizes)]])):
         if stop > start:
             counts = sizes[start:stop]

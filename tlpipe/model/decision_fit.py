@@ -26,7 +26,8 @@ Only classes with at least MIN_VAL_IMAGES validation images get an own offset.
 
 import numpy as np
 
-from tlpipe.model.decision import METRICS, metric_of_confusions, kappa_weights, log_probs, metric_from_stats, metric_value
+from tlpipe.model.decision import (METRICS, kappa_weights, log_probs, metric_from_stats, metric_of_confusions,
+                                   metric_value)
 
 MIN_VAL_IMAGES = 20
 TAU_MIN, TAU_MAX = -1.5, 2.0

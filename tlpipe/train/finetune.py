@@ -331,7 +331,8 @@ def fit(model: Classifier, train: Split, val: Split, cfg: dict, num_classes: int
             checkpoints.save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                               "scheduler": scheduler.state_dict(), "random": random_states(generator),
                               "average": average.state_dict() if average is not None else None, "result": result,
-                              "best": best, "best_cost": best_cost, "since_best": since_best, "stopped": stopped, "start_head": start_head})
+                              "best": best, "best_cost": best_cost, "since_best": since_best, "stopped": stopped,
+                              "start_head": start_head})
         if on_epoch is not None:  # the stage logs it live (tlpipe/train/live.py): DVC sees progress mid-run
             on_epoch(row)
         if stopped:

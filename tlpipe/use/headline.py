@@ -22,15 +22,8 @@ TIMED = ("split", "resize", "features", "train_head", "finetune", "evaluate")  #
 def under_rule(metrics: dict) -> dict:
     """The figures of one model on one split under its stored decision rule, plus argmax accuracy.
 
-    Layout agreed with the decision-rule work: plain names are under the rule and an `argmax`
-    sub-dict holds the argmax figures. Files written before it carry a binary threshold's
-    figures in `at_val_threshold` (plain names being argmax); both are read."""
-    if "argmax" in metrics:
-        rule, argmax = metrics, metrics["argmax"]
-    elif metrics.get("at_val_threshold"):
-        rule, argmax = {**metrics, **metrics["at_val_threshold"]}, metrics
-    else:
-        rule, argmax = metrics, None
+    Plain names are under the rule; an `argmax` sub-dict holds the argmax figures."""
+    rule, argmax = metrics, metrics.get("argmax")
     out = {name: rule.get(name) for name in FIGURES}
     out |= {name: rule[name] for name in RULE_ONLY if rule.get(name) is not None}
     if argmax is not None:
