@@ -11,7 +11,7 @@ from tlpipe.model.decision import describe, threshold_of
 from tlpipe.model.modelfile import load_model
 from tlpipe.use.plots import reliability_rows
 from tlpipe.use.predictions import label_indices, probabilities, read_table
-from tlpipe.use.report import gradcam_examples, grad_cam, grid, overlay, top_losses
+from tlpipe.use.report import gradcam_examples, grad_cam, grid, most_confused, overlay, top_losses
 from tlpipe.stage import run
 
 
@@ -45,7 +45,8 @@ def main() -> None:
                            "run `dvc repro evaluate`.")
 
     worst = top_losses(predictions, classes, cfg["top_losses"])
-    _save_png(grid([(np.asarray(images[r["row"]]), _caption(r, classes, rule)) for _, r in worst.iterrows()] or
+    _save_png(grid([(np.asarray(images[r["row"]]), f"{_caption(r, classes, rule)}\nloss {r['loss']:.2f}")
+                    for _, r in worst.iterrows()] or
                    [(np.zeros((8, 8, 3), np.uint8), "no test images")]),
               "plots/report/top_losses.png")
 
@@ -59,6 +60,7 @@ def main() -> None:
     _save_png(grid(tiles or [(np.zeros((8, 8, 3), np.uint8), "no test images")], colour_scale=bool(tiles)),
               "plots/report/gradcam.png")
 
+    write_json("plots/report/most_confused.json", most_confused(predictions))
     write_json("plots/report/reliability.json",
                reliability_rows(label_indices(predictions, classes), probabilities(predictions, classes)))
     print(f"report: {len(worst)} top losses, {len(tiles)} Grad-CAM images -> plots/report/")

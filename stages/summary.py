@@ -59,7 +59,8 @@ def main() -> None:
     choices = {"Decision rule (chosen on validation)": finetune["rule"].get("why") or "argmax",
                "Checkpoint kept": f"epoch {finetune['best_epoch']}, {finetune.get('kept_because', 'the best epoch')}"}
     page = report_page.page(f"tlpipe run: {p['backbone']['name']} on {p['data']['source']}", result, shown,
-                            timings["split"], charts(), images, _read(metrics / "data.json"), choices)
+                            timings["split"], charts(), images, _read(metrics / "data.json"), choices,
+                            _read(Path("plots/report/most_confused.json")))
     with atomic_path("reports/summary.html") as tmp:
         tmp.write_text(page, encoding="utf-8")
     val, test = result["finetuned"]["val"], result["finetuned"]["test"]

@@ -6,7 +6,7 @@ from tlpipe.model.backbones import create_backbone
 from tlpipe.model.classifier import Classifier, make_head
 from tlpipe.use.plots import reliability_rows
 from tlpipe.use.predictions import label_indices, probabilities
-from tlpipe.use.report import gradcam_examples, grad_cam, grid, top_losses
+from tlpipe.use.report import gradcam_examples, grad_cam, grid, most_confused, top_losses
 
 
 def predictions() -> pd.DataFrame:
@@ -23,6 +23,17 @@ def test_top_losses_are_the_confidently_wrong_ones_first():
     worst = top_losses(predictions(), ["cat", "dog"], 2)
     assert list(worst["path"]) == ["b", "d"] and list(worst["row"]) == [1, 3]
     assert np.isclose(worst["loss"].iloc[0], -np.log(0.2))
+
+
+def test_most_confused_counts_each_true_predicted_pair_most_first():
+    table = pd.DataFrame({"label": ["a", "a", "a", "b", "b", "c", "c"],
+                          "predicted": ["b", "b", "a", "a", "c", "a", "c"]})
+    assert most_confused(table) == [{"true": "a", "predicted": "b", "images": 2},
+                                    {"true": "b", "predicted": "a", "images": 1},
+                                    {"true": "b", "predicted": "c", "images": 1},
+                                    {"true": "c", "predicted": "a", "images": 1}]
+    assert most_confused(table, n=1) == [{"true": "a", "predicted": "b", "images": 2}]
+    assert most_confused(table[table["label"] == table["predicted"]]) == []
 
 
 def test_reliability_bins_count_every_prediction():

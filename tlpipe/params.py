@@ -49,6 +49,10 @@ POSITIVE = Spec(NUM, min=0, min_exclusive=True)
 AUTO_OR_POSITIVE = Spec(NUM, min=0, min_exclusive=True, auto=True)
 NON_NEGATIVE = Spec(NUM, min=0)
 BOOL = Spec(bool)
+# The validation figures of a fine-tuning epoch (metrics/finetune.json) a checkpoint or a search is
+# chosen by, and whether higher is better: the one table finetune, tune and this validation read.
+HIGHER_IS_BETTER = {"val_loss": False, "val_balanced_accuracy": True, "val_accuracy": True,
+                    "val_quadratic_kappa": True, "val_decision_metric": True}
 
 SCHEMA: dict[str, dict[str, Spec]] = {
     "data": {
@@ -132,7 +136,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "aug_flip": BOOL,
         "aug_rotation": Spec(NUM, min=0, max=180),
         "aug_jitter": Spec(NUM, min=0, max=1),
-        "early_stop_metric": Spec(str, choices=("val_loss", "val_decision_metric", "val_accuracy", "val_balanced_accuracy", "val_quadratic_kappa")),
+        "early_stop_metric": Spec(str, choices=tuple(HIGHER_IS_BETTER)),
         "patience": NON_NEGATIVE_INT,
         "device": Spec(str, choices=("auto", "cpu", "cuda")), "processes": Spec(int, min=1, auto=True),
         "amp": BOOL,

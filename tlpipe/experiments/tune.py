@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tlpipe.atomic import atomic_path
 from tlpipe.errors import TlpipeError
-from tlpipe.params import validate
+from tlpipe.params import HIGHER_IS_BETTER, validate
 from tlpipe.params_yaml import parse
 from tlpipe.experiments.compare import dig, experiments, file_at
 from tlpipe.experiments.queue import run_queued
@@ -25,8 +25,6 @@ from tlpipe.experiments.queue import run_queued
 # test) -- 8 points, each a full finetune. Input size is left out: every size recomputes the cache
 # and the features; add `resize.size=224,299` to search it.
 DEFAULT_SPACE = {"finetune.aug_scale_min": [0.35, 0.8], "finetune.epochs": [8, 12], "finetune.lr": [0.001, "auto"]}
-# the validation figures of metrics/finetune.json a search can rank by, and whether higher is better
-METRICS = {"val_decision_metric": True, "val_balanced_accuracy": True, "val_accuracy": True, "val_loss": False}
 
 
 @dataclass
@@ -94,7 +92,7 @@ def best(points: list[Point], metric: str) -> Point:
     if not done:
         raise TlpipeError("tune: no point of the search finished; `dvc queue logs NAME` shows why "
                           f"({', '.join(p.name for p in points)}).")
-    sign = 1 if METRICS[metric] else -1
+    sign = 1 if HIGHER_IS_BETTER[metric] else -1
     return min(done, key=lambda p: (-sign * p.score, p.val_loss if p.val_loss is not None else float("inf"),
                                     points.index(p)))
 
@@ -102,8 +100,8 @@ def best(points: list[Point], metric: str) -> Point:
 def search(space: dict[str, list], metric: str, jobs: int, cwd: Path = Path("."),
            timeout_s: float = 24 * 3600, log=print) -> tuple[list[Point], Point]:
     """Queue every point, run the queue, score every point, return (points, best)."""
-    if metric not in METRICS:
-        raise TlpipeError(f"tune: --metric {metric!r} is not one of {', '.join(METRICS)}.")
+    if metric not in HIGHER_IS_BETTER:
+        raise TlpipeError(f"tune: --metric {metric!r} is not one of {', '.join(HIGHER_IS_BETTER)}.")
     points = grid(space, time.strftime("%Y%m%d-%H%M%S"))
     log(f"tune: {len(points)} points queued as {points[0].name}..{points[-1].name.rsplit('-', 1)[1]} "
         "(the finetune stage only: the test split is not read)")

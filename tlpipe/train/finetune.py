@@ -24,6 +24,7 @@ from tlpipe.model.backbones import Backbone, block_groups
 from tlpipe.model.classifier import AttentionHead, Classifier, make_head
 from tlpipe.model.decision_fit import fit_rule
 from tlpipe.model.inference import predict_logits
+from tlpipe.params import HIGHER_IS_BETTER
 from tlpipe.runtime import autocast, batches
 from tlpipe.train.augment import Augment
 from tlpipe.train.choose import choose_logreg, fit_temperature, scale_linear
@@ -35,8 +36,6 @@ from tlpipe.train.resume import Checkpoints, random_states, restore_random_state
 from tlpipe.train.strategy import set_trainable
 
 WARMUP_SHARE = 0.3  # of the one-cycle schedule spent raising the rate (torch's default)
-HIGHER_IS_BETTER = {"val_loss": False, "val_accuracy": True, "val_balanced_accuracy": True, "val_quadratic_kappa": True,
-                    "val_decision_metric": True}
 
 
 @dataclass

@@ -52,5 +52,5 @@ def prior_adjusted_figures(val_probs: np.ndarray, probs: np.ndarray, labels: np.
             "estimated_prior": dict(zip(classes, prior.round(4).tolist())),
             "accuracy": float(skm.accuracy_score(labels, predicted)),
             "balanced_accuracy": float(skm.balanced_accuracy_score(labels, predicted)),
-            "f1_macro": float(skm.f1_score(labels, predicted, labels=labels_all, average="macro", zero_division=0)),
+            "macro_f1": float(skm.f1_score(labels, predicted, labels=labels_all, average="macro", zero_division=0)),
             "log_loss": float(skm.log_loss(labels, np.clip(adjusted, 1e-12, 1), labels=labels_all))}

@@ -29,6 +29,15 @@ def top_losses(predictions: pd.DataFrame, classes: list[str], n: int) -> pd.Data
     return table.sort_values(["loss", "path"], ascending=[False, True]).head(n)
 
 
+def most_confused(predictions: pd.DataFrame, n: int = 10) -> list[dict]:
+    """The `n` (true, predicted) class pairs most often confused, with counts, most first (fastai's
+    `most_confused`): where a model goes wrong, in one short table."""
+    wrong = predictions[predictions["label"] != predictions["predicted"]]
+    counts = wrong.groupby(["label", "predicted"]).size().reset_index(name="images")
+    counts = counts.sort_values(["images", "label", "predicted"], ascending=[False, True, True]).head(n)
+    return [{"true": t, "predicted": p, "images": int(k)} for t, p, k in counts.itertuples(index=False)]
+
+
 def grad_cam(model: Classifier, images: np.ndarray, target: list[int]) -> np.ndarray:
     """Grad-CAM on the body's last spatial feature map: (N, H, W) heatmaps in [0, 1]."""
     captured: list[torch.Tensor] = []

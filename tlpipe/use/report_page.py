@@ -79,9 +79,10 @@ def _png(data: bytes, alt: str) -> str:
 
 
 def page(title: str, headline: dict, params: dict[str, object], split: dict, charts: list[str],
-         images: dict[str, bytes], data: dict, choices: dict[str, str]) -> str:
+         images: dict[str, bytes], data: dict, choices: dict[str, str], confused: list[dict]) -> str:
     """The whole page; charts: inline SVG strings; images: {caption: PNG bytes}; data: the data's
-    identity (metrics/data.json); choices: {what was chosen on validation: what and why}."""
+    identity (metrics/data.json); choices: {what was chosen on validation: what and why};
+    confused: the most confused (true, predicted) pairs of the test split with their counts."""
     params_rows = [[k, v] for k, v in params.items()]
     wall = headline.get("wall_s", {})
     sections = [
@@ -95,6 +96,9 @@ def page(title: str, headline: dict, params: dict[str, object], split: dict, cha
         headline_table(headline),
         "<ul>" + "".join(f"<li><b>{html.escape(what)}</b>: {html.escape(why)}</li>" for what, why in choices.items())
         + "</ul>",
+        "<h2>Most confused classes (test split)</h2>"
+        + (_table(["true", "predicted", "images"], [[c["true"], c["predicted"], c["images"]] for c in confused])
+           if confused else "<p>No test image was misclassified.</p>"),
         "<h2>Charts</h2><div class='charts'>" + "".join(f"<div>{c}</div>" for c in charts) + "</div>",
         *[f"<h2>{html.escape(caption)}</h2>{_png(data, caption)}" for caption, data in images.items()],
         "<h2>Params that shape the result</h2>" + _table(["param", "value"], params_rows),
