@@ -12,12 +12,13 @@ from tlpipe.model.decision import rule_summary
 from tlpipe.model.decision_fit import fit_rule
 from tlpipe.model.inference import image_probabilities
 from tlpipe.model.modelfile import model_checkpoint
-from tlpipe.train.finetune import fit
+from tlpipe.train.finetune import augmented_batch, fit
 from tlpipe.train.live import EpochLogger
 from tlpipe.train.resume import Checkpoints, input_key
 from tlpipe.train.session import prepare
 from tlpipe.runtime import seed_everything, tune_malloc
 from tlpipe.stage import run
+from tlpipe.use.report import grid
 
 
 def main() -> None:
@@ -61,6 +62,9 @@ def main() -> None:
                                          "best_value_epoch": result.best_value_epoch, "kept_because": kept_why,
                                          **{k: v for k, v in best.items() if k != "step"}, **session.choices,
                                          "rule": rule_summary(rule, classes), "wall_s": round(time.perf_counter() - started, 1)})
+    images, labels = augmented_batch(session.train, cfg)
+    with atomic_path("plots/finetune/batch.png") as tmp:  # a training batch as the model sees it
+        grid([(image, classes[label]) for image, label in zip(images, labels)]).save(tmp, format="PNG")
     # Always written (DVC declares it): the range test's curve with finetune.lr auto, else empty.
     write_json("plots/finetune/lr_find.json", session.lr_curve.rows if session.lr_curve else [])
     checkpoints.clear()

@@ -52,7 +52,8 @@ def main() -> None:
     result = headline(timings["evaluate"], timings["finetune"], timings)
     write_json(metrics / "headline.json", result)
     shown = {key: p[key.split(".")[0]][key.split(".")[1]] for key in SHOWN_PARAMS}
-    pictures = {"Test images with the highest loss": "plots/report/top_losses.png",
+    pictures = {"A training batch as the model sees it (augmented)": "plots/finetune/batch.png",
+                "Test images with the highest loss": "plots/report/top_losses.png",
                 "Grad-CAM: where the model looked (right and wrong, per class)": "plots/report/gradcam.png"}
     images = {caption: Path(path).read_bytes() for caption, path in pictures.items() if Path(path).is_file()}
     finetune = timings["finetune"]

@@ -97,8 +97,14 @@ def test_unfreeze_last_blocks_and_discriminative_rates():
     set_trainable(model, epoch=1, cfg=tiny_cfg(freeze_epochs=1, strategy="last_blocks", unfreeze=2))
     trainable = [any(p.requires_grad for p in b.parameters()) for b in blocks]
     assert trainable == [False] * (len(blocks) - 2) + [True, True]
-    rates = [g["lr"] for g in ft.param_groups(model, 1.0, 0.5)]
+    groups = ft.param_groups(model, 1.0, 0.5)
+    rates = list({g["name"].removesuffix("-no-decay"): g["lr"] for g in groups}.values())
     assert rates[:3] == [1.0, 0.5, 0.25] and rates == sorted(rates, reverse=True)
+    # biases and normalisation scales are out of weight decay, every other tensor in, each once
+    no_decay = [p for g in groups if g.get("weight_decay") == 0.0 for p in g["params"]]
+    assert no_decay and all(p.ndim == 1 for p in no_decay)
+    assert all(p.ndim > 1 for g in groups if "weight_decay" not in g for p in g["params"])
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
 
 
 def test_probe_head_init_is_the_logistic_regression_on_the_features():
@@ -217,3 +223,19 @@ def test_per_image_cost_averages_to_the_metric():
     assert ft.per_image_cost("val_loss", logits, labels).mean() == pytest.approx(
         log_loss(labels, torch.softmax(logits, 1).numpy()))
     assert ft.per_image_cost("val_quadratic_kappa", logits, labels) is None
+
+
+def test_augmented_batch_is_the_first_batch_as_training_sees_it():
+    train = tiny_data(20, 3)
+    cfg = tiny_cfg(aug_rotation=30, aug_jitter=0.3, aug_scale_min=0.5)
+    images, labels = ft.augmented_batch(train, cfg, n=8)
+    assert images.shape == (8, 32, 32, 3) and images.dtype == np.uint8
+    rows = ft.epoch_order(train.labels, cfg["seed"], 0)[:8]
+    assert np.array_equal(labels, train.labels[rows])
+    assert not np.array_equal(images, train.images[rows])  # augmented, not the cached pixels
+    again, _ = ft.augmented_batch(train, cfg, n=8)
+    assert np.array_equal(images, again)
+    mild, _ = ft.augmented_batch(train, tiny_cfg(aug_rotation=0, aug_jitter=0, aug_scale_min=1, aug_flip=False), n=8)
+    difference = {name: np.abs(batch.astype(int) - train.images[rows].astype(int)).mean()
+                  for name, batch in (("strong", images), ("mild", mild))}
+    assert difference["mild"] < difference["strong"] / 2, difference

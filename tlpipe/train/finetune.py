@@ -25,7 +25,7 @@ from tlpipe.model.classifier import AttentionHead, Classifier, make_head
 from tlpipe.model.decision_fit import fit_rule
 from tlpipe.model.inference import predict_logits
 from tlpipe.params import HIGHER_IS_BETTER
-from tlpipe.runtime import autocast, batches
+from tlpipe.runtime import autocast, batches, to_float_images
 from tlpipe.train.augment import Augment
 from tlpipe.train.choose import choose_logreg, fit_temperature, scale_linear
 from tlpipe.train.head import class_weights
@@ -109,11 +109,19 @@ def build_model(backbone: Backbone, num_classes: int, cfg: dict, probe: Features
 
 
 def param_groups(model: Classifier, lr: float, layer_decay: float) -> list[dict]:
-    """Head at `lr`; each body block group further from the head gets `layer_decay` times less."""
-    groups = [{"params": list(model.head.parameters()), "lr": lr, "name": "head"}]
+    """Head at `lr`; each body block group further from the head gets `layer_decay` times less. In
+    each, biases and normalisation scales (the one-dimensional tensors) are left out of weight decay,
+    as torchvision's reference recipes and timm do: shrinking them towards 0 regularises nothing
+    and moves the normalisation the pretrained weights rely on."""
+    parts = [("head", lr, list(model.head.parameters()))]
     for depth, block in enumerate(reversed(block_groups(model.body)), start=1):
-        groups.append({"params": list(block.parameters()), "lr": lr * layer_decay**depth, "name": f"body-{depth}"})
-    return groups
+        parts.append((f"body-{depth}", lr * layer_decay**depth, list(block.parameters())))
+    groups = []
+    for name, rate, params in parts:
+        groups.append({"params": [p for p in params if p.ndim > 1], "lr": rate, "name": name})
+        groups.append({"params": [p for p in params if p.ndim <= 1], "lr": rate, "name": f"{name}-no-decay",
+                       "weight_decay": 0.0})
+    return [g for g in groups if g["params"]]
 
 
 def balance_power(cfg: dict) -> float:
@@ -228,8 +236,20 @@ def _training_setup(model: Classifier, train: Split, cfg: dict, num_classes: int
         weight = torch.tensor(class_weights(train.labels, num_classes, balance_power(cfg)), dtype=torch.float32,
                               device=device)
     loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg["label_smoothing"])
-    augment = Augment(cfg["aug_scale_min"], flip=cfg["aug_flip"], rotation=cfg["aug_rotation"], jitter=cfg["aug_jitter"])
-    return loss_fn, param_groups(model, lr, cfg["layer_decay"]), augment
+    return loss_fn, param_groups(model, lr, cfg["layer_decay"]), augmentation(cfg)
+
+
+def augmentation(cfg: dict) -> Augment:
+    return Augment(cfg["aug_scale_min"], flip=cfg["aug_flip"], rotation=cfg["aug_rotation"], jitter=cfg["aug_jitter"])
+
+
+def augmented_batch(train: Split, cfg: dict, n: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """The first `n` images of the first epoch's order, augmented as training augments them (fastai's
+    `show_batch`): (n, H, W, 3) uint8 and their labels. Its own generator: training is not moved."""
+    rows = epoch_order(train.labels, cfg["seed"], 0, balanced=cfg["class_balance"] == "sampler")[:n]
+    x = to_float_images(np.asarray(train.images[rows]), torch.device("cpu"), channels_last=False)
+    out = augmentation(cfg)(x, torch.Generator().manual_seed(cfg["seed"]))
+    return (out.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8), np.asarray(train.labels)[rows]
 
 
 def lr_range_test(model: Classifier, train: Split, cfg: dict, num_classes: int, device: torch.device) -> LrCurve:
