@@ -305,7 +305,8 @@ def fit(model: Classifier, train: Split, val: Split, cfg: dict, num_classes: int
             average.load_state_dict(saved["average"])
         restore_random_states(generator, saved["random"])
         result = FitResult(**saved["result"])
-        best, best_cost, since_best = saved["best"], saved["best_cost"], saved["since_best"]
+        best, since_best = saved["best"], saved["since_best"]
+        best_cost = None if saved["best_cost"] is None else np.asarray(saved["best_cost"], dtype=np.float64)
         stopped, start_head = saved["stopped"], saved["start_head"]
         first_epoch = saved["epoch"] + 1
         log(f"finetune: resuming after epoch {saved['epoch']} from {checkpoints.path} (same params, inputs and code)")
