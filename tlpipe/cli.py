@@ -274,8 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     tune_parser = verb(
         "tune", tune, "search a small space of the recipe on validation alone, as DVC experiments",
-        metric=("val_decision_metric", "validation figure of metrics/finetune.json to rank by "
-                "(val_decision_metric, val_balanced_accuracy, val_accuracy, val_loss)"),
+        metric=("val_balanced_accuracy", "validation figure of metrics/finetune.json to rank by "
+                "(val_balanced_accuracy, val_accuracy, val_loss, val_quadratic_kappa, val_decision_metric)"),
         out=("outputs/tune.json", "table and best point to write"))
     tune_parser.add_argument("--space", action="append", metavar="KEY=V1,V2",
                              help="one axis of the grid (repeat for more); default: augmentation, epochs, lr")
