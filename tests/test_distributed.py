@@ -114,7 +114,7 @@ def test_every_rank_holds_the_same_parameters_and_early_stop_agrees(project, tmp
 import json, os, sys, torch
 sys.path.insert(0, {str(Path(__file__).parents[1])!r})
 from tlpipe import params
-from tlpipe.distributed import from_env, init, check_ranks_agree
+from tlpipe.distributed import from_env, init
 from tlpipe.train.finetune import fit
 from tlpipe.train.session import prepare
 os.chdir({str(project)!r})
@@ -126,7 +126,7 @@ torch.manual_seed(0)
 session = prepare(p, device, log=lambda line: None, ranks=ranks)
 result = fit(session.model, session.train, session.val, session.cfg, len(session.classes), device,
              log=lambda line: None, ranks=ranks)
-checksum = check_ranks_agree(session.model, ranks)
+checksum = float(sum(p.detach().double().sum().item() for p in session.model.parameters()))
 # one file per rank: two ranks printing to one pipe can interleave their lines
 row = {{"rank": ranks.rank, "checksum": checksum, "best": result.best_epoch, "run": len(result.history)}}
 open(os.path.join({str(tmp_path)!r}, f"rank{{ranks.rank}}.json"), "w").write(json.dumps(row))

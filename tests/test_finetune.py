@@ -10,7 +10,7 @@ from tlpipe.model.backbones import block_groups, create_backbone
 from tlpipe.errors import TlpipeError
 from tlpipe.model.inference import predict_logits
 from tlpipe.model.modelfile import load_model, model_checkpoint
-from tlpipe.train.head import fit_logreg
+from tlpipe.train.choose import choose_logreg
 from tlpipe.train.strategy import set_trainable
 
 
@@ -110,7 +110,8 @@ def test_unfreeze_last_blocks_and_discriminative_rates():
 def test_probe_head_init_is_the_logistic_regression_on_the_features():
     model, probe = tiny_model(head_init="probe")
     cfg = tiny_cfg()
-    expected = fit_logreg(probe.values, probe.labels, 2, cfg["probe_C"], ft.balance_power(cfg), cfg["seed"])
+    expected, _ = choose_logreg(probe.values, probe.labels, probe.values[:0], probe.labels[:0], 2, cfg["probe_C"],
+                                ft.balance_power(cfg), cfg["seed"])
     assert torch.equal(model.head.weight, expected.weight)
     assert (model.head(torch.from_numpy(probe.values)).argmax(1).numpy() == probe.labels).all()
     random_model, _ = tiny_model(head_init="random")

@@ -150,7 +150,7 @@ def test_sharded_cache_gives_the_same_features_head_and_finetuned_model(two_cach
     from tlpipe.model.inference import predict_logits
     from tlpipe.train.features import extract_features
     from tlpipe.train.finetune import Features, Split, build_model, fit
-    from tlpipe.train.head import fit_logreg
+    from tlpipe.train.choose import choose_logreg
 
     cpu = torch.device("cpu")
     cfg = default_params()["finetune"] | {"epochs": 2, "freeze_epochs": 1, "batch_size": 16, "device": "cpu",
@@ -168,7 +168,7 @@ def test_sharded_cache_gives_the_same_features_head_and_finetuned_model(two_cach
             features[s] = extract_features(body, x, 16, cpu, out=out)
         if sharded:
             assert isinstance(features["train"], np.memmap)  # streamed to disk, read back mapped
-        head = fit_logreg(features["train"], splits["train"][1], 3, 1.0, True, 0)
+        head, _ = choose_logreg(features["train"], splits["train"][1], np.zeros((0, 1)), np.zeros(0), 3, 1.0, True, 0)
         torch.manual_seed(0)
         model = build_model(create_backbone("efficientnet_lite0", "none"), 3, cfg,
                             Features(features["train"], splits["train"][1]))

@@ -179,15 +179,3 @@ class Replicas:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             self._trainable = trainable
         return self._wrapped
-
-
-def check_ranks_agree(model: nn.Module, ranks: Ranks) -> float:
-    """A checksum of the parameters, raising when the ranks' copies differ (the tests call it)."""
-    total = float(sum(p.detach().double().sum().item() for p in model.parameters()))
-    if not ranks.distributed:
-        return total
-    values = [None] * ranks.world
-    dist.all_gather_object(values, total)
-    if max(values) != min(values):
-        raise TlpipeError(f"the ranks' parameters differ: checksums {values}")
-    return total

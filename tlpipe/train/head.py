@@ -35,11 +35,6 @@ def class_weights(labels: np.ndarray, num_classes: int, power: float = 1.0) -> n
     return weights
 
 
-def fit_logreg(x: np.ndarray, y: np.ndarray, num_classes: int, C: float, balanced: bool, seed: int) -> nn.Linear:
-    """L2 logistic regression on standardised features at a fixed C, folded into one nn.Linear on the raw features."""
-    return choose_logreg(x, y, x[:0], y[:0], num_classes, C, balanced, seed)[0]
-
-
 def hidden_units(hidden: int | list[int]) -> list[int]:
     """head.hidden as a list of layer widths ([512, 256]); one number is one hidden layer."""
     return [hidden] if isinstance(hidden, int) else list(hidden)
