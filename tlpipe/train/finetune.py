@@ -265,11 +265,11 @@ def fit(model: Classifier, train: Split, val: Split, cfg: dict, num_classes: int
         log: Callable[[str], None] = print, on_epoch: Callable[[dict], None] | None = None,
         decision_metric: str | None = None, ranks: Ranks = SINGLE, checkpoints: Checkpoints | None = None,
         ) -> FitResult:
-    """Train for `cfg['epochs']`, keeping the weights of the last epoch that is not worse than the best
-    on `early_stop_metric` beyond the noise (`clearly_worse`; for `val_quadratic_kappa` and
-    `val_decision_metric`, `decision_metric` under a rule fitted on that epoch's validation, which
-    are no means over images: the best epoch). Later epochs of the one-cycle schedule are preferred
-    where validation cannot separate them: a saturated validation set keeps the schedule's end.
+    """Train for `cfg['epochs']` and keep the last epoch whose `early_stop_metric` is not worse than the
+    best epoch's beyond the noise (`clearly_worse`): where validation cannot separate two epochs, a
+    saturated validation set included, the schedule's later one. `val_quadratic_kappa` and
+    `val_decision_metric` (`decision_metric` under a rule fitted on that epoch's validation) are no
+    means over images: they keep the best epoch.
     `cfg['batch_size']` is the global batch: one and N processes (`ranks`) train the same model.
     With `checkpoints` (tlpipe.train.resume) the state is saved after every epoch; a matching one is resumed."""
     if len(train.labels) == 0 or len(val.labels) == 0:
