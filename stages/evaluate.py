@@ -12,7 +12,7 @@ from tlpipe.model.decision import decide
 from tlpipe.model.inference import feature_probabilities, image_probabilities
 from tlpipe.model.modelfile import load_head, load_model
 from tlpipe.distributed import finish, from_env, init, process_count, relaunch
-from tlpipe.runtime import tune_malloc
+from tlpipe.runtime import share_cpu, tune_malloc
 from tlpipe.stage import run, wall_s
 from tlpipe.use.ensemble import ensemble_report
 from tlpipe.use.metrics import classification_metrics, intervals, majority_baseline
@@ -34,6 +34,7 @@ def _summary(metrics: dict, rule: dict | None) -> str:
 
 def main() -> None:
     tune_malloc()
+    share_cpu()
     cfg = params.load()["evaluate"]
     relaunch("evaluate", process_count(cfg["processes"], cfg["device"]))  # under torchrun, when asked
     ranks = from_env()

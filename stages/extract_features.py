@@ -16,13 +16,14 @@ from tlpipe.model.classifier import Classifier
 from tlpipe.data.cache import load_preprocess, load_split
 from tlpipe.distributed import finish, from_env, init, process_count, relaunch
 from tlpipe.train.features import extract_features
-from tlpipe.runtime import tune_malloc
+from tlpipe.runtime import share_cpu, tune_malloc
 from tlpipe.data import SPLITS
 from tlpipe.stage import run, wall_s
 
 
 def main() -> None:
     tune_malloc()
+    share_cpu()
     p = params.load()
     cfg = p["features"]
     relaunch("features", process_count(cfg["processes"], cfg["device"]))  # under torchrun, when asked

@@ -16,7 +16,7 @@ from tlpipe.train.finetune import augmented_batch, fit
 from tlpipe.train.live import EpochLogger
 from tlpipe.train.resume import Checkpoints, input_key
 from tlpipe.train.session import prepare
-from tlpipe.runtime import seed_everything, tune_malloc
+from tlpipe.runtime import seed_everything, share_cpu, tune_malloc
 from tlpipe.stage import run
 from tlpipe.use.report import grid
 
@@ -24,6 +24,7 @@ from tlpipe.use.report import grid
 def main() -> None:
     started = time.perf_counter()
     tune_malloc()
+    threads = share_cpu()
     p = params.load()
     relaunch("finetune", process_count(p["finetune"]["processes"], p["finetune"]["device"]))  # under torchrun
     ranks = from_env()
@@ -60,6 +61,7 @@ def main() -> None:
                 f"the last epoch within the noise of epoch {result.best_value_epoch}'s best {early_stop}")
     write_json("metrics/finetune.json", {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
                                          "best_value_epoch": result.best_value_epoch, "kept_because": kept_why,
+                                         "threads": threads,
                                          **{k: v for k, v in best.items() if k != "step"}, **session.choices,
                                          "rule": rule_summary(rule, classes), "wall_s": round(time.perf_counter() - started, 1)})
     images, labels = augmented_batch(session.train, cfg)

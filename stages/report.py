@@ -11,6 +11,7 @@ from tlpipe.model.decision import describe, threshold_of
 from tlpipe.model.modelfile import load_model
 from tlpipe.use.plots import reliability_rows
 from tlpipe.use.predictions import label_indices, probabilities, read_table
+from tlpipe.runtime import share_cpu
 from tlpipe.use.report import gradcam_examples, grad_cam, grid, most_confused, overlay, top_losses
 from tlpipe.stage import run
 
@@ -34,6 +35,7 @@ def _save_png(image, path: str) -> None:
 
 
 def main() -> None:
+    share_cpu()
     cfg = params.load()["report"]
     model, meta = load_model("models/model.pt")
     classes = meta["classes"]

@@ -8,12 +8,14 @@ from tlpipe import params
 from tlpipe.atomic import atomic_path, write_json
 from tlpipe.data.cache import load_classes, load_features, load_groups, load_spatial_features, load_split
 from tlpipe.train.head import train_head
+from tlpipe.runtime import share_cpu
 from tlpipe.train.sample import bounded_sample, take_rows
 from tlpipe.stage import run
 
 
 def main() -> None:
     started = time.perf_counter()
+    share_cpu()
     p = params.load()
     cfg = p["head"]
     x, y = load_features("data/features", "train")

@@ -4,6 +4,7 @@ its mean and spread, the out-of-fold predictions, and after a change to finetune
 finetune and evaluate alone (the rest from DVC's run-cache)."""
 
 import json
+import os
 
 import pandas as pd
 import pytest
@@ -90,6 +91,10 @@ def test_cv_runs_one_experiment_per_fold_and_reruns_only_what_changed(tmp_path):
     assert spread["sd"] is not None and spread["sd"] >= 0
     shown = run(["dvc", "exp", "show", "--json"], project).stdout
     assert all(r["name"] in shown for r in first["runs"])
+    # --jobs 2: DVC's queue workers pass TLPIPE_JOBS on, and each fold's finetune took half the cores
+    from tlpipe.experiments.compare import file_at
+    share = max(1, len(os.sched_getaffinity(0)) // 2)
+    assert [file_at(r["rev"], "metrics/finetune.json", project)["threads"] for r in first["runs"]] == [share] * 5
 
     oof = pd.read_csv(project / "outputs" / "cv" / "oof_predictions.csv")
     finetune = oof[oof["model"] == "finetune"]

@@ -67,9 +67,10 @@ def predict(args: argparse.Namespace) -> None:
     from tlpipe.model.decision import describe
     from tlpipe.use.predict import predict as run_predict
     from tlpipe.use.predictions import write_table
-    from tlpipe.runtime import pick_device, tune_malloc
+    from tlpipe.runtime import pick_device, share_cpu, tune_malloc
 
     tune_malloc()
+    share_cpu()
     refuse_overwriting_inputs([args.out, skipped_csv_path(args.out)], [*args.paths, args.model])
     table, skipped, meta = run_predict(args.paths, args.model, args.batch_size, pick_device(args.device), args.flip_tta)
     if not len(table):
@@ -106,11 +107,12 @@ def lr_find(args: argparse.Namespace) -> None:
     finetune.lr_find_* settings, so the same curve), shown as text and written as JSON; needs
     data/cache and data/features (dvc repro extract-features)."""
     from tlpipe.atomic import write_json
-    from tlpipe.runtime import pick_device, seed_everything, tune_malloc
+    from tlpipe.runtime import pick_device, seed_everything, share_cpu, tune_malloc
     from tlpipe.train.lr_find import text_chart
     from tlpipe.train.session import prepare
 
     tune_malloc()
+    share_cpu()
     p = params.load(args.params)
     seed_everything(p["finetune"]["seed"], p["finetune"]["deterministic"])
     session = prepare(p, pick_device(p["finetune"]["device"]), find_lr=True)

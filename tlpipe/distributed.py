@@ -27,6 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from tlpipe import gpu_slots
 from tlpipe.errors import TlpipeError
+from tlpipe.jobs import cores_for_this_job
 from tlpipe.runtime import pick_device
 
 TIMEOUT = timedelta(minutes=30)   # a collective waiting longer than this fails instead of hanging
@@ -79,7 +80,7 @@ def relaunch(stage: str, processes: int) -> None:
         return
     env = dict(os.environ)
     if not torch.cuda.is_available():  # CPU ranks share the cores instead of each taking them all
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
+        env.setdefault("OMP_NUM_THREADS", str(max(1, cores_for_this_job() // processes)))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
                sys.argv[0], *sys.argv[1:]]
     agent = subprocess.Popen(command, env=env)

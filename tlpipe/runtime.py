@@ -11,9 +11,16 @@ import numpy as np
 import torch
 
 from tlpipe.errors import TlpipeError
+from tlpipe.jobs import cores_for_this_job
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
+def share_cpu() -> int:
+    """Set torch's compute threads to this job's share of the cores (an OMP_NUM_THREADS set by the
+    user or by torchrun for its ranks wins); returns the thread count."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(cores_for_this_job())
+    return torch.get_num_threads()
 
 
 def tune_malloc() -> None:

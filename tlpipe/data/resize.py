@@ -27,6 +27,7 @@ from PIL import Image
 
 from tlpipe.atomic import atomic_path
 from tlpipe.errors import TlpipeError
+from tlpipe.jobs import cores_for_this_job
 from tlpipe.data.images import decode_or_reason
 from tlpipe.data.raw import RawData
 from tlpipe.data import SPLITS
@@ -89,7 +90,7 @@ def write_unreadable_list(out_dir: Path, unreadable: list[dict]) -> Path:
 
 
 def worker_count(requested: int) -> int:
-    return requested or len(os.sched_getaffinity(0))
+    return requested or cores_for_this_job()
 
 
 class Decoders(NamedTuple):

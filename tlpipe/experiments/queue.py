@@ -2,19 +2,23 @@
 none of them is queued or running, and take them back out on Ctrl-C or an error, so that nothing
 goes on running unseen. Shared by `tlpipe tune` and `tlpipe cv`."""
 
+import os
 import re
 import subprocess
 import time
 from pathlib import Path
 
 from tlpipe.errors import TlpipeError
+from tlpipe.jobs import JOBS_ENV
 
 QUEUE_POLL_S = 2
 
 
-def dvc(args: list[str], cwd: Path, verb: str) -> str:
-    """Run a DVC (or Git) command; its error, shortened to one line, names the command."""
-    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
+def dvc(args: list[str], cwd: Path, verb: str, env: dict[str, str] | None = None) -> str:
+    """Run a DVC (or Git) command (with `env` added to the environment); its error, shortened to
+    one line, names the command."""
+    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True,
+                            env={**os.environ, **env} if env else None)
     if result.returncode != 0:
         detail = " ".join((result.stderr or result.stdout).split())[-400:]
         raise TlpipeError(f"{verb}: `{' '.join(args)}` failed: {detail}")
@@ -30,7 +34,8 @@ def run_queued(experiments: dict[str, list[str]], target: str, jobs: int, cwd: P
         for name, sets in experiments.items():
             dvc(["dvc", "exp", "run", "--queue", "-n", name, *sets, target], cwd, verb)
             queued.append(name)
-        dvc(["dvc", "queue", "start", "-j", str(jobs)], cwd, verb)
+        # the workers, and the stages they run, inherit TLPIPE_JOBS: each takes its share of the cores
+        dvc(["dvc", "queue", "start", "-j", str(jobs)], cwd, verb, env={JOBS_ENV: str(jobs)})
         _wait(cwd, set(queued), timeout_s, verb)
     except BaseException:  # Ctrl-C or an error
         withdraw(queued, cwd)
