@@ -8,6 +8,7 @@ prints the probe's and the frozen epoch's validation loss for each.
     cd PROJECT && python /path/to/benchmarks/bench_frozen_epoch.py
 """
 
+import argparse
 import sys
 
 import torch
@@ -26,6 +27,7 @@ class _Stop(Exception):
 
 
 def main() -> int:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # no options: run in a project
     p = params.load()
     base = p["finetune"] | {"device": "cpu", "freeze_epochs": 1, "patience": 0}
     classes = load_classes("data/cache")
