@@ -109,8 +109,10 @@ class TrainedModel:
             batch.clear()
             batch_names.clear()
 
-        for name, pixels in progress(_decoded(inputs, self.meta["preprocess"], skipped), total=len(inputs),
-                                     desc="predict", unit="img"):
+        decoded = _decoded(inputs, self.meta["preprocess"], skipped)
+        if len(inputs):  # no bar for nothing to read: the error says why
+            decoded = progress(decoded, total=len(inputs), desc="predict", unit="img")
+        for name, pixels in decoded:
             if pixels is None:
                 continue
             batch.append(pixels)
