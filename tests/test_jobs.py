@@ -1,6 +1,8 @@
 """Jobs that run at once share the cores: TLPIPE_JOBS divides them, tune and cv set it for DVC's
 queue workers (tests/test_cv.py checks that the folds' finetune took their share)."""
 
+import subprocess
+
 import pytest
 import torch
 
@@ -44,9 +46,16 @@ def test_share_cpu_sets_torchs_threads_unless_omp_num_threads_is_set(eight_cores
 
 
 def test_the_queue_workers_are_started_with_the_job_count(monkeypatch, tmp_path):
-    calls = []
-    monkeypatch.setattr(queue, "dvc", lambda args, cwd, verb, env=None: calls.append((args, env)) or "")
+    started = []
+
+    def fake_run(args, **kwargs):
+        started.append((args, kwargs["env"].get("TLPIPE_JOBS"), kwargs["stdout"]))
+        return subprocess.CompletedProcess(args, 0)
+
+    monkeypatch.setattr(queue, "dvc", lambda args, cwd, verb: "")
     monkeypatch.setattr(queue, "_wait", lambda *a: None)
+    monkeypatch.setattr(queue.subprocess, "run", fake_run)
     queue.run_queued({"a": [], "b": []}, "finetune", 2, tmp_path, "tune", 10)
-    start = [env for args, env in calls if args[:3] == ["dvc", "queue", "start"]]
-    assert start == [{"TLPIPE_JOBS": "2"}]
+    [(args, jobs, stdout)] = started
+    assert args == ["dvc", "queue", "start", "-j", "2"] and jobs == "2"
+    assert stdout not in (subprocess.PIPE, None)  # a file: the background workers must not hold a pipe open

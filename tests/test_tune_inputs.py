@@ -1,5 +1,7 @@
 """`tlpipe tune` checks its whole command before any work, and leaves nothing running behind it."""
 
+import subprocess
+
 import pytest
 
 from conftest import default_params, run
@@ -40,6 +42,8 @@ def test_a_dead_worker_ends_the_wait_with_one_line(monkeypatch, tmp_path):
               "abc123   tune-x-1      10:00 AM   Queued\n\n"
               "Worker status: 0 active, 0 idle\n")
     monkeypatch.setattr(queue, "dvc", lambda args, cwd, verb: status)
+    monkeypatch.setattr(queue, "WORKER_START_S", 0)  # past the time workers take to show up
+    monkeypatch.setattr(queue, "QUEUE_POLL_S", 0)
     with pytest.raises(TlpipeError, match="tune: DVC's queue has no worker left and 1 experiments waiting"):
         queue._wait(tmp_path, {"tune-x-1"}, timeout_s=60, verb="tune")
 
@@ -54,7 +58,8 @@ def test_ctrl_c_withdraws_the_queued_points(monkeypatch, tmp_path):
         return ""
 
     monkeypatch.setattr(queue, "dvc", fake_run)
-    monkeypatch.setattr(queue.subprocess, "run", lambda args, **kw: calls.append(args))
+    monkeypatch.setattr(queue.subprocess, "run",
+                        lambda args, **kw: calls.append(args) or subprocess.CompletedProcess(args, 0))
     with pytest.raises(KeyboardInterrupt):
         tune.search({"finetune.lr": [0.001, 0.01]}, "val_loss", 1, tmp_path, log=lambda *_: None)
     queued = [a[a.index("-n") + 1] for a in calls if a[:4] == ["dvc", "exp", "run", "--queue"]]

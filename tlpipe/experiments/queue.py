@@ -5,6 +5,7 @@ goes on running unseen. Shared by `tlpipe tune` and `tlpipe cv`."""
 import os
 import re
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -12,13 +13,12 @@ from tlpipe.errors import TlpipeError
 from tlpipe.jobs import JOBS_ENV
 
 QUEUE_POLL_S = 2
+WORKER_START_S = 60  # how long freshly started workers may take to show up in `dvc queue status`
 
 
-def dvc(args: list[str], cwd: Path, verb: str, env: dict[str, str] | None = None) -> str:
-    """Run a DVC (or Git) command (with `env` added to the environment); its error, shortened to
-    one line, names the command."""
-    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True,
-                            env={**os.environ, **env} if env else None)
+def dvc(args: list[str], cwd: Path, verb: str) -> str:
+    """Run a DVC (or Git) command; its error, shortened to one line, names the command."""
+    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
     if result.returncode != 0:
         detail = " ".join((result.stderr or result.stdout).split())[-400:]
         raise TlpipeError(f"{verb}: `{' '.join(args)}` failed: {detail}")
@@ -34,16 +34,29 @@ def run_queued(experiments: dict[str, list[str]], target: str, jobs: int, cwd: P
         for name, sets in experiments.items():
             dvc(["dvc", "exp", "run", "--queue", "-n", name, *sets, target], cwd, verb)
             queued.append(name)
-        # the workers, and the stages they run, inherit TLPIPE_JOBS: each takes its share of the cores
-        dvc(["dvc", "queue", "start", "-j", str(jobs)], cwd, verb, env={JOBS_ENV: str(jobs)})
+        start_workers(jobs, cwd, verb)
         _wait(cwd, set(queued), timeout_s, verb)
     except BaseException:  # Ctrl-C or an error
         withdraw(queued, cwd)
         raise
 
 
+def start_workers(jobs: int, cwd: Path, verb: str) -> None:
+    """`dvc queue start -j JOBS`, the workers (and the stages they run) told how many jobs share the
+    cores (TLPIPE_JOBS). Its output goes to a file, not a pipe: the workers it leaves running in the
+    background inherit it, and a pipe would stay open until the last of them stops."""
+    with tempfile.TemporaryFile() as log:
+        result = subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=cwd, stdout=log, stderr=log,
+                                env={**os.environ, JOBS_ENV: str(jobs)})
+        if result.returncode != 0:
+            log.seek(0)
+            detail = " ".join(log.read().decode(errors="replace").split())[-400:]
+            raise TlpipeError(f"{verb}: `dvc queue start -j {jobs}` failed: {detail}")
+
+
 def _wait(cwd: Path, names: set[str], timeout_s: float, verb: str) -> None:
-    deadline = time.monotonic() + timeout_s
+    started = time.monotonic()
+    deadline, seen_a_worker = started + timeout_s, False
     while time.monotonic() < deadline:
         status = dvc(["dvc", "queue", "status"], cwd, verb)
         waiting = [line for line in status.splitlines() if any(name in line for name in names)
@@ -51,7 +64,10 @@ def _wait(cwd: Path, names: set[str], timeout_s: float, verb: str) -> None:
         if not waiting:
             return
         workers = re.search(r"(\d+) active, (\d+) idle", status)
-        if workers and workers.groups() == ("0", "0"):
+        no_worker = workers is not None and workers.groups() == ("0", "0")
+        seen_a_worker |= workers is not None and not no_worker
+        # workers start in the background and take a few seconds to show up
+        if no_worker and (seen_a_worker or time.monotonic() - started > WORKER_START_S):
             raise TlpipeError(f"{verb}: DVC's queue has no worker left and {len(waiting)} experiments waiting "
                               "(its worker stopped); `dvc queue logs NAME` shows why, `dvc queue start` "
                               "runs them again.")
