@@ -82,7 +82,7 @@ def test_plots_offline_and_experiments_in_one_screen(dvc_project, tmp_path):
 
     # The run's page: self-contained (charts as inline SVG, pictures inline), no script, no remote file.
     summary = (project / "reports" / "summary.html").read_text(encoding="utf-8")
-    assert summary.count("<svg") >= 4 and summary.count("data:image/png;base64,") == 2
+    assert summary.count("<svg") >= 4 and summary.count("data:image/png;base64,") == 3  # batch, top losses, Grad-CAM
     assert "<script" not in summary and not re.search(r"(src|href)=[\"']?https?:", summary)
     assert "finetuned val" in summary and "backbone.name" in summary and "circle" in summary
 
