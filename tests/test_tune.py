@@ -6,6 +6,7 @@ same figures."""
 import json
 import shutil
 
+import dvc.api
 import pandas as pd
 import pytest
 import yaml
@@ -87,4 +88,6 @@ def test_compare_leaves_blank_what_a_tune_point_never_computed(tmp_path):
     for name in names:
         assert rows[name]["evaluated"].startswith("no") and pd.isna(rows[name]["test_accuracy"]), rows[name]
         assert pd.isna(rows[name]["val_log_loss"]) and not pd.isna(rows[name]["finetune_s"])
-    assert len({rows[name]["finetune_s"] for name in names}) == len(names)
+        own = json.loads(dvc.api.read("metrics/finetune.json", repo=str(project), rev=rows[name]["rev"]))
+        assert rows[name]["finetune_s"] == pytest.approx(own["wall_s"])  # its own run's time, not the baseline's
+    assert len({rows[name]["rev"] for name in [*names, "HEAD"]}) == len(names) + 1

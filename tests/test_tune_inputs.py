@@ -1,6 +1,9 @@
 """`tlpipe tune` checks its whole command before any work, and leaves nothing running behind it."""
 
+import json
+import os
 import subprocess
+import sys
 
 import pytest
 
@@ -37,15 +40,67 @@ def test_the_cli_refuses_a_folder_out_and_a_bad_value_before_queueing(dvc_projec
     assert "tune-" not in run(["dvc", "queue", "status"], dvc_project).stdout
 
 
+def _worker_record(project, n, pid, returncode=None):
+    folder = project / ".dvc" / "tmp" / "exps" / "celery"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"dvc-exp-worker-{n}.json").write_text(json.dumps({"pid": pid, "returncode": returncode}))
+
+
+QUEUED = ("Task     Name          Created    Status\n"
+          "abc123   tune-x-1      10:00 AM   {}\n\n"
+          "Worker status: 0 active, 0 idle\n")
+
+
 def test_a_dead_worker_ends_the_wait_with_one_line(monkeypatch, tmp_path):
-    status = ("Task     Name          Created    Status\n"
-              "abc123   tune-x-1      10:00 AM   Queued\n\n"
-              "Worker status: 0 active, 0 idle\n")
-    monkeypatch.setattr(queue, "dvc", lambda args, cwd, verb: status)
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    _worker_record(tmp_path, 1, int(finished.stdout), returncode=None)  # killed: no return code written
+    _worker_record(tmp_path, 2, os.getpid(), returncode=0)  # ended
+    _worker_record(tmp_path, 3, os.getpid())  # a live pid that is not a queue worker (this test)
+    monkeypatch.setattr(queue, "dvc", lambda args, cwd, verb: QUEUED.format("Queued"))
     monkeypatch.setattr(queue, "WORKER_START_S", 0)  # past the time workers take to show up
     monkeypatch.setattr(queue, "QUEUE_POLL_S", 0)
     with pytest.raises(TlpipeError, match="tune: DVC's queue has no worker left and 1 experiments waiting"):
         queue._wait(tmp_path, {"tune-x-1"}, timeout_s=60, verb="tune")
+
+
+def test_a_busy_worker_that_misses_the_status_ping_is_waited_for(monkeypatch, tmp_path):
+    """`dvc queue status` says "0 active, 0 idle" when a busy worker answers its ping late; the wait
+    goes by the worker's process, and a status that fails now and then (DVC read a file it was
+    writing) is asked again."""
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "queue-worker"])
+    try:
+        _worker_record(tmp_path, 1, worker.pid)
+        answers = iter([TlpipeError("Expecting value"), QUEUED.format("Running"), TlpipeError("Expecting value"),
+                        QUEUED.format("Running"), QUEUED.format("Success")])
+
+        def status(args, cwd, verb):
+            answer = next(answers)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+        monkeypatch.setattr(queue, "dvc", status)
+        monkeypatch.setattr(queue, "WORKER_START_S", 0)
+        monkeypatch.setattr(queue, "QUEUE_POLL_S", 0)
+        queue._wait(tmp_path, {"tune-x-1"}, timeout_s=60, verb="tune")
+        assert next(answers, None) is None
+    finally:
+        worker.kill()
+        worker.wait()
+
+
+def test_a_status_that_keeps_failing_is_reported(monkeypatch, tmp_path):
+    calls = []
+
+    def status(args, cwd, verb):
+        calls.append(args)
+        raise TlpipeError("tune: `dvc queue status` failed: ERROR: unexpected error")
+
+    monkeypatch.setattr(queue, "dvc", status)
+    monkeypatch.setattr(queue, "QUEUE_POLL_S", 0)
+    with pytest.raises(TlpipeError, match="dvc queue status` failed"):
+        queue._wait(tmp_path, {"tune-x-1"}, timeout_s=60, verb="tune")
+    assert len(calls) == queue.STATUS_TRIES
 
 
 def test_ctrl_c_withdraws_the_queued_points(monkeypatch, tmp_path):

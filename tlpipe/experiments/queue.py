@@ -2,8 +2,8 @@
 none of them is queued or running, and take them back out on Ctrl-C or an error, so that nothing
 goes on running unseen. Shared by `tlpipe tune` and `tlpipe cv`."""
 
+import json
 import os
-import re
 import subprocess
 import tempfile
 import time
@@ -13,7 +13,8 @@ from tlpipe.errors import TlpipeError
 from tlpipe.jobs import JOBS_ENV
 
 QUEUE_POLL_S = 2
-WORKER_START_S = 60  # how long freshly started workers may take to show up in `dvc queue status`
+WORKER_START_S = 60  # how long freshly started workers may take to show up
+STATUS_TRIES = 5  # `dvc queue status` can read a file DVC is writing at that moment and fail; it is asked again
 
 
 def dvc(args: list[str], cwd: Path, verb: str) -> str:
@@ -56,24 +57,62 @@ def start_workers(jobs: int, cwd: Path, verb: str) -> None:
 
 def _wait(cwd: Path, names: set[str], timeout_s: float, verb: str) -> None:
     started = time.monotonic()
-    deadline, seen_a_worker = started + timeout_s, False
+    deadline, seen_a_worker, status_failures = started + timeout_s, False, 0
     while time.monotonic() < deadline:
-        status = dvc(["dvc", "queue", "status"], cwd, verb)
+        try:
+            status = dvc(["dvc", "queue", "status"], cwd, verb)
+        except TlpipeError:
+            status_failures += 1
+            if status_failures >= STATUS_TRIES:
+                raise
+            time.sleep(QUEUE_POLL_S)
+            continue
+        status_failures = 0
         waiting = [line for line in status.splitlines() if any(name in line for name in names)
                    and ("Queued" in line or "Running" in line)]
         if not waiting:
             return
-        workers = re.search(r"(\d+) active, (\d+) idle", status)
-        no_worker = workers is not None and workers.groups() == ("0", "0")
-        seen_a_worker |= workers is not None and not no_worker
-        # workers start in the background and take a few seconds to show up
-        if no_worker and (seen_a_worker or time.monotonic() - started > WORKER_START_S):
+        workers = live_workers(cwd)
+        seen_a_worker |= workers > 0
+        # workers start in the background and take a few seconds to appear
+        if workers == 0 and (seen_a_worker or time.monotonic() - started > WORKER_START_S):
             raise TlpipeError(f"{verb}: DVC's queue has no worker left and {len(waiting)} experiments waiting "
                               "(its worker stopped); `dvc queue logs NAME` shows why, `dvc queue start` "
                               "runs them again.")
         time.sleep(QUEUE_POLL_S)
     raise TlpipeError(f"{verb}: the queue did not finish in {timeout_s:.0f} s; `dvc queue status` shows where it is "
                       "and `dvc exp show` what has finished.")
+
+
+def live_workers(cwd: Path) -> int:
+    """How many of DVC's queue workers are running, from the record DVC keeps of each worker process
+    (.dvc/tmp/exps/celery/dvc-exp-worker-N.json: its pid, and its return code once it has ended).
+    Not from `dvc queue status`'s worker line: that asks the workers over the queue's file broker with a
+    one-second timeout, and a worker on a busy machine often answers too late to be counted."""
+    count = 0
+    for record in (cwd / ".dvc" / "tmp" / "exps" / "celery").glob("dvc-exp-worker-*.json"):
+        try:
+            info = json.loads(record.read_text())
+        except (OSError, ValueError):  # being written: a worker starting or stopping at this moment
+            count += 1
+            continue
+        if info.get("returncode") is None and _running(info.get("pid")):
+            count += 1
+    return count
+
+
+def _running(pid) -> bool:
+    """Whether `pid` is a live DVC queue worker (not a process that took the pid of one that died)."""
+    try:
+        os.kill(int(pid), 0)
+    except (TypeError, ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # another user's process
+        pass
+    try:
+        return b"queue-worker" in Path(f"/proc/{int(pid)}/cmdline").read_bytes()
+    except OSError:  # no /proc (macOS): the pid alone
+        return True
 
 
 def withdraw(names: list[str], cwd: Path) -> None:
