@@ -61,3 +61,18 @@ def test_no_import_cycles_hidden_or_not():
     cycles = [f"{module} -> {other}" for module in modules for other in sorted(_direct_imports(REPO / module))
               if not other.endswith("__init__.py") and module in import_closure(other)]
     assert not cycles, f"import cycles: {cycles}"
+
+
+def test_one_function_in_the_library_trains():
+    """Backward and an optimizer step are taken in one place (train/step.py), which finetune, the
+    MLP/attention head and the lr finder share; the temperature fit (an LBFGS closure on one scalar)
+    and Grad-CAM (gradients for a heat map, no step) are the two other backward passes."""
+    import ast
+
+    calls = {}
+    for path in sorted((REPO / "tlpipe").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "backward":
+                calls.setdefault(path.relative_to(REPO).as_posix(), 0)
+                calls[path.relative_to(REPO).as_posix()] += 1
+    assert calls == {"tlpipe/train/step.py": 1, "tlpipe/train/choose.py": 1, "tlpipe/use/report.py": 1}, calls

@@ -12,8 +12,8 @@ ARCHITECTURE = (REPO / "docs" / "architecture.md").read_text()
 def test_readme_is_a_front_door_of_at_most_200_lines():
     assert len(README.splitlines()) <= 200
     commands = [line.strip() for line in README.splitlines() if line.startswith("    ")]
-    assert commands[0] == "python3.11 -m venv .venv && . .venv/bin/activate && pip install -e . && dvc repro"
-    assert commands[1].endswith("pip install -e '.[test]' && python -m pytest -n 2")
+    assert commands[0] == "python3.11 -m venv .venv && . .venv/bin/activate && pip install -e . -c constraints.txt && dvc repro"
+    assert commands[1].endswith("pip install -e '.[test]' -c constraints.txt && python -m pytest -n 2")
     assert "docs/README.md" in README
 
 

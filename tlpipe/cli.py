@@ -254,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
         out=("outputs/predictions.csv", "CSV to write; skipped files go to OUT.skipped.csv"))
     predict_parser.add_argument("paths", nargs="+", metavar="PATH", help="image file, folder or zip/tar archive")
     predict_parser.add_argument("--batch-size", type=positive_int, default=64, help=_default("images per batch"))
-    predict_parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+    predict_parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
                                 help=_default("auto uses the GPU when there is one"))
     predict_parser.add_argument("--flip-tta", action="store_true",
                                 help="average the predictions of each image and its mirror")

@@ -105,6 +105,9 @@ def init(device_setting: str, ranks: Ranks) -> torch.device:
             device = torch.device("cuda", gpu_slots.claimed()[0])
             torch.cuda.set_device(device)
         return device
+    if device.type == "mps":
+        raise TlpipeError("several processes train on CPUs (gloo) or CUDA GPUs (nccl), not on an Apple GPU: set "
+                          "processes: 1 to train on the MPS device, or device: cpu.")
     if device.type == "cuda":
         device = torch.device("cuda", ranks.local_rank)
         torch.cuda.set_device(device)

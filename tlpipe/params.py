@@ -95,7 +95,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
     "features": {
         "batch_size": POSITIVE_INT,
         "flip_tta": BOOL,
-        "device": Spec(str, choices=("auto", "cpu", "cuda")), "processes": Spec(int, min=1, auto=True),
+        "device": Spec(str, choices=("auto", "cpu", "cuda", "mps")), "processes": Spec(int, min=1, auto=True),
         "spatial_grid": Spec(int, min=0, max=16),
     },
     "head": {
@@ -138,7 +138,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "aug_jitter": Spec(NUM, min=0, max=1),
         "early_stop_metric": Spec(str, choices=tuple(HIGHER_IS_BETTER)),
         "patience": NON_NEGATIVE_INT,
-        "device": Spec(str, choices=("auto", "cpu", "cuda")), "processes": Spec(int, min=1, auto=True),
+        "device": Spec(str, choices=("auto", "cpu", "cuda", "mps")), "processes": Spec(int, min=1, auto=True),
         "amp": BOOL,
         "channels_last": BOOL,
         "deterministic": BOOL,
@@ -152,7 +152,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "decision_metric": Spec(str, choices=("accuracy", "balanced_accuracy", "macro_f1", "quadratic_kappa", "youden")),
         "batch_size": POSITIVE_INT,
         "flip_tta": BOOL,
-        "device": Spec(str, choices=("auto", "cpu", "cuda")), "processes": Spec(int, min=1, auto=True),
+        "device": Spec(str, choices=("auto", "cpu", "cuda", "mps")), "processes": Spec(int, min=1, auto=True),
         "confusion_max_rows": NON_NEGATIVE_INT,
         "prior_shift": BOOL, "ensemble": BOOL,  # opt-in figures next to the plain ones
     },

@@ -40,11 +40,20 @@ def tune_malloc() -> None:
         pass
 
 
+def mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
 def pick_device(setting: str) -> torch.device:
+    """`auto`: a CUDA GPU, else an Apple GPU (MPS), else the CPU; `cuda`, `mps` or `cpu` as asked,
+    refused in one line when that device is not there."""
     if setting == "cuda" and not torch.cuda.is_available():
         raise TlpipeError("device: 'cuda' was asked for but no CUDA GPU is visible; use auto or cpu.")
+    if setting == "mps" and not mps_available():
+        raise TlpipeError("device: 'mps' was asked for but PyTorch sees no Apple GPU (MPS); use auto or cpu.")
     if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps_available() else "cpu")
     return torch.device(setting)
 
 

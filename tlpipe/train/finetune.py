@@ -25,7 +25,7 @@ from tlpipe.model.classifier import AttentionHead, Classifier, make_head
 from tlpipe.model.decision_fit import fit_rule
 from tlpipe.model.inference import predict_logits
 from tlpipe.params import HIGHER_IS_BETTER
-from tlpipe.runtime import autocast, batches, to_float_images
+from tlpipe.runtime import batches, to_float_images
 from tlpipe.train.augment import Augment
 from tlpipe.train.choose import choose_logreg, fit_temperature, scale_linear
 from tlpipe.train.head import class_weights
@@ -33,6 +33,7 @@ from tlpipe.train.loader import device_batches
 from tlpipe.train.lr_find import LrCurve, range_test
 from tlpipe.train.order import epoch_order
 from tlpipe.train.resume import Checkpoints, random_states, restore_random_states
+from tlpipe.train.step import NonFiniteLoss, step
 from tlpipe.train.strategy import set_trainable
 
 WARMUP_SHARE = 0.3  # of the one-cycle schedule spent raising the rate (torch's default)
@@ -142,22 +143,19 @@ def train_one_epoch(model: Classifier, data: Split, optimizer, scheduler, loss_f
     step_model = (replicas or Replicas(model, ranks, device))()
     order = epoch_order(data.labels, cfg["seed"], epoch, balanced=cfg["class_balance"] == "sampler")
     total_loss, seen, start = 0.0, 0, time.perf_counter()
-    batches = device_batches(data.images, data.labels, order, cfg["batch_size"], device, cfg["channels_last"], ranks)
-    for step, (positions, batch_total, x, y) in enumerate(batches):
+    loader = device_batches(data.images, data.labels, order, cfg["batch_size"], device, cfg["channels_last"], ranks)
+    for batch, (positions, batch_total, x, y) in enumerate(loader):
         x = augment(x, generator, positions, batch_total)
-        with autocast(device, cfg["amp"]):
-            out = step_model(x).float()
-            loss = loss_fn(out, y) if len(y) else out.sum() * 0.0
-        if not torch.isfinite(loss):
-            raise TlpipeError(f"finetune: the loss became {loss.item()} at epoch {epoch}, batch {step}. "
-                              f"Lower finetune.lr (now {cfg['lr']}) or check the input images.")
         loss_share = 1.0  # of the global batch's loss: DDP averages the ranks' gradients, each rank's mean weighs its share
         if ranks.distributed:
             weight = _batch_weight(y, loss_fn)
             loss_share = float(weight / sum_over_ranks(weight.clone(), ranks))
-        optimizer.zero_grad(set_to_none=True)
-        (loss * (loss_share * ranks.world) if ranks.distributed else loss).backward()
-        optimizer.step()
+        try:
+            loss = step(step_model, x, y, loss_fn, optimizer, device, cfg["amp"],
+                        scale=loss_share * ranks.world if ranks.distributed else 1.0)
+        except NonFiniteLoss as bad:
+            raise TlpipeError(f"finetune: the loss became {bad.value} at epoch {epoch}, batch {batch}. "
+                              f"Lower finetune.lr (now {cfg['lr']}) or check the input images.") from None
         scheduler.step()
         if average is not None:
             average.update_parameters(model)

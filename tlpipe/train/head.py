@@ -23,6 +23,7 @@ from tlpipe.model.decision_fit import fit_rule
 from tlpipe.model.inference import feature_probabilities
 from tlpipe.model.modelfile import head_checkpoint
 from tlpipe.train.choose import choose_logreg
+from tlpipe.train.step import NonFiniteLoss, batch_rows, step
 
 
 def class_weights(labels: np.ndarray, num_classes: int, power: float = 1.0) -> np.ndarray:
@@ -54,7 +55,6 @@ def _fit_torch_head(cfg: dict, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, 
                     num_classes: int) -> tuple[nn.Module, list[dict]]:
     """An MLP on features, or attention pooling + a head on feature maps, by AdamW; the epoch of the
     lowest validation loss is kept."""
-    generator = torch.Generator().manual_seed(cfg["seed"])
     head = _torch_head(cfg, x, num_classes)
     weight = torch.tensor(class_weights(y, num_classes), dtype=torch.float32) if cfg["class_weight"] == "balanced" else None
     loss_fn = nn.CrossEntropyLoss(weight=weight)
@@ -65,17 +65,14 @@ def _fit_torch_head(cfg: dict, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, 
     curve, best, best_loss = [], None, float("inf")
     for epoch in range(cfg["epochs"]):
         head.train()
-        order = torch.randperm(len(xt), generator=generator)
         total = 0.0
-        for start in range(0, len(order), cfg["batch_size"]):
-            idx = order[start:start + cfg["batch_size"]]
-            loss = loss_fn(head(xt[idx]), yt[idx])
-            if not torch.isfinite(loss):
-                raise TlpipeError(f"train-head: the MLP's loss became {loss.item()} at epoch {epoch}; nothing was "
-                                  f"written. Lower head.lr (now {cfg['lr']}) or raise head.weight_decay.")
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+        for rows in batch_rows(y, cfg["seed"], epoch, cfg["batch_size"]):
+            idx = torch.from_numpy(rows)
+            try:
+                loss = step(head, xt[idx], yt[idx], loss_fn, optimizer)
+            except NonFiniteLoss as bad:
+                raise TlpipeError(f"train-head: the MLP's loss became {bad.value} at epoch {epoch}; nothing was "
+                                  f"written. Lower head.lr (now {cfg['lr']}) or raise head.weight_decay.") from None
             total += loss.item() * len(idx)
         head.eval()
         with torch.no_grad():

@@ -4,11 +4,12 @@ smooth the loss, stop when it diverges, and suggest a rate from the curve.
 
 The test trains exactly what finetune's unfrozen phase trains (the same blocks, the same
 discriminative rates, augmentation and loss), then puts every weight and buffer back, so the
-training that follows starts from the same model. It draws its batches from its own seeded
-generator: the same seed gives the same curve.
+training that follows starts from the same model. Its batches come in finetune's order
+(train.step.batch_rows), pass after pass: the same seed gives the same curve.
 """
 
 import copy
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -18,8 +19,9 @@ from torch import nn
 
 from tlpipe.errors import TlpipeError
 from tlpipe.model.classifier import Classifier
-from tlpipe.runtime import autocast, to_float_images, training_batches
+from tlpipe.runtime import to_float_images
 from tlpipe.train.augment import Augment
+from tlpipe.train.step import NonFiniteLoss, batch_rows, step
 
 SMOOTHING = 0.05       # weight of the newest loss in the exponential moving average (bias-corrected)
 DIVERGENCE = 4.0       # stop once the smoothed loss exceeds this many times its minimum
@@ -43,11 +45,10 @@ def rates(min_lr: float, max_lr: float, steps: int) -> np.ndarray:
     return np.geomspace(min_lr, max_lr, num=max(steps, 2))
 
 
-def _batches(n: int, batch_size: int, generator: torch.Generator):
-    while True:  # as many passes over the training split as the test needs, each in a fresh order
-        order = torch.randperm(n, generator=generator).numpy()
-        for part in training_batches(n, batch_size):
-            yield np.sort(order[part])
+def _batches(labels: np.ndarray, seed: int, batch_size: int):
+    for epoch in itertools.count():  # as many passes over the training split as the test needs
+        for rows in batch_rows(labels, seed, epoch, batch_size):
+            yield np.sort(rows)  # read in disk order; the batch's loss does not depend on it
 
 
 def range_test(model: Classifier, images: np.ndarray, labels: np.ndarray, groups: list[dict], loss_fn: nn.Module,
@@ -63,30 +64,26 @@ def range_test(model: Classifier, images: np.ndarray, labels: np.ndarray, groups
     generator = torch.Generator().manual_seed(cfg["seed"])
     curve, average, best = LrCurve(), 0.0, math.inf
     try:
-        batches = _batches(len(labels), cfg["batch_size"], generator)
-        for step, lr in enumerate(rates(cfg["lr_find_min"], cfg["lr_find_max"], cfg["lr_find_steps"])):
+        batches = _batches(np.asarray(labels), cfg["seed"], cfg["batch_size"])
+        for at, lr in enumerate(rates(cfg["lr_find_min"], cfg["lr_find_max"], cfg["lr_find_steps"])):
             for group, factor in zip(optimizer.param_groups, relative):
                 group["lr"] = lr * factor
             idx = next(batches)
             x = augment(to_float_images(images[idx], device, cfg["channels_last"]), generator)
             y = torch.from_numpy(np.asarray(labels[idx])).to(device)
-            with autocast(device, cfg["amp"]):
-                loss = loss_fn(model(x).float(), y)
-            value = loss.item()
-            if not math.isfinite(value):
+            try:
+                value = step(model, x, y, loss_fn, optimizer, device, cfg["amp"]).item()
+            except NonFiniteLoss:
                 curve.diverged_at = float(lr)
                 break
             average = (1 - SMOOTHING) * average + SMOOTHING * value
-            smoothed = average / (1 - (1 - SMOOTHING) ** (step + 1))
-            curve.rows.append({"step": step, "lr": float(lr), "log10_lr": math.log10(lr), "loss": value,
+            smoothed = average / (1 - (1 - SMOOTHING) ** (at + 1))
+            curve.rows.append({"step": at, "lr": float(lr), "log10_lr": math.log10(lr), "loss": value,
                                "smoothed_loss": smoothed})
             best = min(best, smoothed)
-            if step > 0 and smoothed > DIVERGENCE * best:
+            if at > 0 and smoothed > DIVERGENCE * best:
                 curve.diverged_at = float(lr)
                 break
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
     finally:
         model.load_state_dict(saved)
     return curve
