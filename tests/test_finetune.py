@@ -1,4 +1,6 @@
 import copy
+import io
+import sys
 
 import numpy as np
 import pytest
@@ -240,3 +242,25 @@ def test_augmented_batch_is_the_first_batch_as_training_sees_it():
     difference = {name: np.abs(batch.astype(int) - train.images[rows].astype(int)).mean()
                   for name, batch in (("strong", images), ("mild", mild))}
     assert difference["mild"] < difference["strong"] / 2, difference
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_an_epoch_shows_its_progress_on_a_terminal_and_only_there(monkeypatch, terminal):
+    """On a terminal an epoch draws a bar with images/s and the time left; in a log (CI, a queued
+    experiment) only the epoch's own summary line is written."""
+    stream = _Terminal() if terminal else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    lines = []
+    model, _ = tiny_model()
+    ft.fit(model, tiny_data(16, 0), tiny_data(8, 1), tiny_cfg(epochs=1), 2, torch.device("cpu"), log=lines.append)
+    drawn = stream.getvalue()
+    if terminal:
+        assert "epoch 0" in drawn and "img/s" in drawn and "16/16" in drawn, drawn
+    else:
+        assert drawn == "", drawn
+    assert any(line.startswith("epoch 0:") for line in lines), lines

@@ -28,12 +28,17 @@ class _Lines:
         self.stream.flush()
 
 
-def progress(iterable=None, *, total: int | float | None = None, stream=None, **kwargs) -> tqdm:
+def progress(iterable=None, *, total: int | float | None = None, stream=None, terminal_only: bool = False,
+             **kwargs) -> tqdm:
+    """A tqdm bar on `stream` (stderr). `terminal_only`: none at all where the output is not a terminal
+    (for a loop that already logs its own line when it ends, such as a training epoch)."""
     stream = stream if stream is not None else sys.stderr
     if total is None and iterable is not None and hasattr(iterable, "__len__"):
         total = len(iterable)
     if getattr(stream, "isatty", lambda: False)():
         return tqdm(iterable, total=total, file=stream, **kwargs)
+    if terminal_only:
+        return tqdm(iterable, total=total, disable=True)
     every = dict(miniters=max(1, int(total // STEPS)), mininterval=0) if total else dict(mininterval=60)
     return tqdm(iterable, total=total, file=_Lines(stream), ascii=True, maxinterval=float("inf"),
                 dynamic_ncols=False, ncols=100, **every, **kwargs)

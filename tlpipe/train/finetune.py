@@ -25,6 +25,7 @@ from tlpipe.model.classifier import AttentionHead, Classifier, make_head
 from tlpipe.model.decision_fit import fit_rule
 from tlpipe.model.inference import predict_logits
 from tlpipe.params import HIGHER_IS_BETTER
+from tlpipe.progress import progress
 from tlpipe.runtime import batches, to_float_images
 from tlpipe.train.augment import Augment
 from tlpipe.train.choose import choose_logreg, fit_temperature, scale_linear
@@ -144,6 +145,9 @@ def train_one_epoch(model: Classifier, data: Split, optimizer, scheduler, loss_f
     order = epoch_order(data.labels, cfg["seed"], epoch, balanced=cfg["class_balance"] == "sampler")
     total_loss, seen, start = 0.0, 0, time.perf_counter()
     loader = device_batches(data.images, data.labels, order, cfg["batch_size"], device, cfg["channels_last"], ranks)
+    # on a terminal, the epoch as it goes (images/s, time left); a log gets the epoch's one line alone
+    bar = progress(total=len(order), desc=f"epoch {epoch}", unit="img", leave=False, terminal_only=True,
+                   disable=not ranks.is_main)
     for batch, (positions, batch_total, x, y) in enumerate(loader):
         x = augment(x, generator, positions, batch_total)
         loss_share = 1.0  # of the global batch's loss: DDP averages the ranks' gradients, each rank's mean weighs its share
@@ -161,6 +165,9 @@ def train_one_epoch(model: Classifier, data: Split, optimizer, scheduler, loss_f
             average.update_parameters(model)
         total_loss += loss.item() * loss_share * batch_total
         seen += len(y)
+        bar.update(batch_total)
+        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+    bar.close()
     elapsed = time.perf_counter() - start
     total_loss, seen = sum_over_ranks(torch.tensor([total_loss, seen], dtype=torch.float64), ranks).tolist()
     return {"train_loss": total_loss / max(seen, 1), "train_images_per_s": seen / max(elapsed, 1e-9)}
