@@ -13,6 +13,7 @@ from tlpipe.errors import TlpipeError
 from tlpipe.model.inference import predict_logits
 from tlpipe.model.modelfile import load_model, model_checkpoint
 from tlpipe.train.choose import choose_logreg
+from tlpipe.train.selection import clearly_worse, per_image_cost
 from tlpipe.train.strategy import set_trainable
 
 
@@ -206,13 +207,13 @@ def test_clearly_worse_is_a_paired_test_over_groups():
     one_more_error[0] = 1
     many_more = best.copy()
     many_more[:12] = 1
-    assert not ft.clearly_worse(one_more_error, best, None)
-    assert ft.clearly_worse(many_more, best, None)
+    assert not clearly_worse(one_more_error, best, None)
+    assert clearly_worse(many_more, best, None)
     # the same twelve errors in one patient's twelve images are one draw, not twelve
     patients = np.concatenate([np.zeros(12), np.arange(1, 89)])
-    assert not ft.clearly_worse(many_more, best, patients)
-    assert ft.clearly_worse(best + 0.1, best, None)  # the same loss rise on every image is no noise
-    assert not ft.clearly_worse(best, best + 0.1, None)
+    assert not clearly_worse(many_more, best, patients)
+    assert clearly_worse(best + 0.1, best, None)  # the same loss rise on every image is no noise
+    assert not clearly_worse(best, best + 0.1, None)
 
 
 def test_per_image_cost_averages_to_the_metric():
@@ -220,12 +221,12 @@ def test_per_image_cost_averages_to_the_metric():
     logits = torch.tensor([[3.0, 0, 0], [0, 3, 0], [3, 0, 0], [0, 3, 0], [3, 0, 0], [0, 0, 3]])
     predicted = logits.argmax(1).numpy()
     from sklearn.metrics import balanced_accuracy_score, log_loss
-    assert ft.per_image_cost("val_accuracy", logits, labels).mean() == pytest.approx(1 - (predicted == labels).mean())
-    assert ft.per_image_cost("val_balanced_accuracy", logits, labels).mean() == pytest.approx(
+    assert per_image_cost("val_accuracy", logits, labels).mean() == pytest.approx(1 - (predicted == labels).mean())
+    assert per_image_cost("val_balanced_accuracy", logits, labels).mean() == pytest.approx(
         1 - balanced_accuracy_score(labels, predicted))
-    assert ft.per_image_cost("val_loss", logits, labels).mean() == pytest.approx(
+    assert per_image_cost("val_loss", logits, labels).mean() == pytest.approx(
         log_loss(labels, torch.softmax(logits, 1).numpy()))
-    assert ft.per_image_cost("val_quadratic_kappa", logits, labels) is None
+    assert per_image_cost("val_quadratic_kappa", logits, labels) is None
 
 
 def test_augmented_batch_is_the_first_batch_as_training_sees_it():

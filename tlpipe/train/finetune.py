@@ -24,7 +24,6 @@ from tlpipe.model.backbones import Backbone, block_groups
 from tlpipe.model.classifier import AttentionHead, Classifier, make_head
 from tlpipe.model.decision_fit import fit_rule
 from tlpipe.model.inference import predict_logits
-from tlpipe.params import HIGHER_IS_BETTER
 from tlpipe.progress import progress
 from tlpipe.runtime import batches, to_float_images
 from tlpipe.train.augment import Augment
@@ -34,6 +33,7 @@ from tlpipe.train.loader import device_batches
 from tlpipe.train.lr_find import LrCurve, range_test
 from tlpipe.train.order import epoch_order
 from tlpipe.train.resume import Checkpoints, random_states, restore_random_states
+from tlpipe.train.selection import EarlyStopping, per_image_cost
 from tlpipe.train.step import NonFiniteLoss, step
 from tlpipe.train.strategy import set_trainable
 
@@ -196,40 +196,6 @@ def validate(model: Classifier, data: Split, cfg: dict, device: torch.device,
     }, logits
 
 
-def per_image_cost(metric: str, logits: torch.Tensor, labels: np.ndarray) -> np.ndarray | None:
-    """What `metric` averages over validation images, as a cost per image (lower is better): the
-    loss, or an error weighted as the metric weighs it; None where the metric is no such mean."""
-    labels = np.asarray(labels)
-    if metric == "val_loss":
-        return nn.functional.cross_entropy(logits.double(), torch.from_numpy(labels), reduction="none").numpy()
-    wrong = (logits.argmax(1).numpy() != labels).astype(np.float64)
-    if metric == "val_accuracy":
-        return wrong
-    if metric == "val_balanced_accuracy":  # mean recall = a mean over images weighted by 1 / their class's share
-        counts = np.bincount(labels)
-        return wrong * len(labels) / (np.count_nonzero(counts) * counts[labels])
-    return None
-
-
-def clearly_worse(cost: np.ndarray, best_cost: np.ndarray, groups: np.ndarray | None, z: float = 1.645) -> bool:
-    """Whether per-image costs `cost` are above `best_cost` on average beyond the noise: the paired
-    difference's mean is more than `z` (one-sided 95%) standard errors above zero, the standard
-    error taken over validation groups (a patient's or near-duplicate group's images move together)."""
-    difference = cost - best_cost
-    _, group_of = np.unique(np.arange(len(cost)) if groups is None else np.asarray(groups), return_inverse=True)
-    per_group = np.bincount(group_of.reshape(-1), weights=difference)
-    size = np.bincount(group_of.reshape(-1))
-    mean, n, g = difference.mean(), len(difference), len(per_group)
-    if g < 2:
-        return bool(mean > 0)
-    se = math.sqrt(g / (g - 1) * float(((per_group - size * mean) ** 2).sum())) / n
-    return bool(mean > z * se) if se > 0 else bool(mean > 0)
-
-
-def _is_better(metric: str, value: float, best: float | None) -> bool:
-    return best is None or (value > best if HIGHER_IS_BETTER[metric] else value < best)
-
-
 def _training_setup(model: Classifier, train: Split, cfg: dict, num_classes: int, device: torch.device,
                     lr: float) -> tuple[nn.Module, list[dict], Augment]:
     """Model on `device`; (loss, optimizer param groups at head rate `lr`, augmentation) as training uses them."""
@@ -271,7 +237,7 @@ def fit(model: Classifier, train: Split, val: Split, cfg: dict, num_classes: int
         decision_metric: str | None = None, ranks: Ranks = SINGLE, checkpoints: Checkpoints | None = None,
         ) -> FitResult:
     """Train for `cfg['epochs']` and keep the last epoch whose `early_stop_metric` is not worse than the
-    best epoch's beyond the noise (`clearly_worse`): where validation cannot separate two epochs, a
+    best epoch's beyond the noise (train.selection): where validation cannot separate two epochs, a
     saturated validation set included, the schedule's later one. `val_quadratic_kappa` and
     `val_decision_metric` (`decision_metric` under a rule fitted on that epoch's validation) are no
     means over images: they keep the best epoch.
@@ -279,89 +245,115 @@ def fit(model: Classifier, train: Split, val: Split, cfg: dict, num_classes: int
     With `checkpoints` (tlpipe.train.resume) the state is saved after every epoch; a matching one is resumed."""
     if len(train.labels) == 0 or len(val.labels) == 0:
         raise TlpipeError("finetune: the train and val splits must both hold images.")
-    generator = torch.Generator().manual_seed(cfg["seed"])
-    loss_fn, groups, augment = _training_setup(model, train, cfg, num_classes, device, cfg["lr"])
-    share_weights(model, ranks)
-    replicas = Replicas(model, ranks, device)
-    optimizer = torch.optim.AdamW(groups, weight_decay=cfg["weight_decay"])
-    steps_per_epoch = -(-len(train.labels) // cfg["batch_size"])
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=[g["lr"] for g in groups], total_steps=max(1, cfg["epochs"] * steps_per_epoch),
-        pct_start=WARMUP_SHARE)
-    # validation dips while the rate rises and after unfreezing: patience counts from after the peak
-    first_counted = max(cfg["freeze_epochs"], math.floor(WARMUP_SHARE * cfg["epochs"]) + 1)
-    # An exponential moving average of the weights (ema_decay > 0) is what gets validated and kept:
-    # averaged weights sit in flatter minima and tend to carry better to shifted test data.
-    average = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg["ema_decay"]), use_buffers=True)
-               if cfg["ema_decay"] > 0 else None)
-    validated = average.module if average is not None else model
     metric = cfg["early_stop_metric"]
     if metric == "val_decision_metric" and decision_metric is None:
         raise TlpipeError("finetune: early_stop_metric val_decision_metric needs evaluate.decision_metric.")
     decision = (decision_metric, train.labels) if decision_metric is not None else None
+    run = _Training(model, train, cfg, num_classes, device, ranks)
+    # validation dips while the rate rises and after unfreezing: patience counts from after the peak
+    stopping = EarlyStopping(metric, cfg["patience"],
+                             first_counted=max(cfg["freeze_epochs"], math.floor(WARMUP_SHARE * cfg["epochs"]) + 1))
     result = FitResult(copy.deepcopy(model.state_dict()), best_epoch=-1)
-    best, best_cost, since_best, stopped, first_epoch, start_head = None, None, 0, False, 0, None
+    guard = _ProbeGuard(enabled=cfg["head_init"] == "probe" and 0 < cfg["freeze_epochs"] <= cfg["epochs"],
+                        last_frozen_epoch=cfg["freeze_epochs"] - 1)
+    first_epoch = 0
     saved = share(checkpoints.load() if checkpoints is not None and ranks.is_main else None, ranks)
     if saved is not None:
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        if average is not None:
-            average.load_state_dict(saved["average"])
-        restore_random_states(generator, saved["random"])
-        result = FitResult(**saved["result"])
-        best, since_best = saved["best"], saved["since_best"]
-        best_cost = None if saved["best_cost"] is None else np.asarray(saved["best_cost"], dtype=np.float64)
-        stopped, start_head = saved["stopped"], saved["start_head"]
-        first_epoch = saved["epoch"] + 1
+        run.restore(saved)
+        result, stopping = FitResult(**saved["result"]), EarlyStopping.restored(saved["stopping"])
+        guard.start_head, first_epoch = saved["start_head"], saved["epoch"] + 1
         log(f"finetune: resuming after epoch {saved['epoch']} from {checkpoints.path} (same params, inputs and code)")
-    # The frozen epochs train the probe (fitted and calibrated on plain features) on augmented images with
-    # a smoothed loss and can end worse: they are undone when their validation loss is above the probe's.
-    check_start = cfg["head_init"] == "probe" and 0 < cfg["freeze_epochs"] <= cfg["epochs"]
-    if check_start and saved is None:
-        result.start, _ = validate(validated, val, cfg, device, decision, ranks)
-        start_head = copy.deepcopy(model.head.state_dict())
+    elif guard.enabled:
+        result.start, _ = validate(run.validated, val, cfg, device, decision, ranks)
+        guard.start_head = copy.deepcopy(model.head.state_dict())
         log(f"probe: val_loss {result.start['val_loss']:.4f} val_accuracy {result.start['val_accuracy']:.4f}")
-    for epoch in range(first_epoch, cfg["epochs"] if not stopped else 0):
-        row = {"step": epoch, "lr": optimizer.param_groups[0]["lr"]}
-        row |= train_one_epoch(model, train, optimizer, scheduler, loss_fn, augment, cfg, epoch, device, generator,
-                               average, replicas, ranks)
-        figures, logits = validate(validated, val, cfg, device, decision, ranks)
+    for epoch in range(first_epoch, cfg["epochs"] if not stopping.stopped else 0):
+        row = {"step": epoch, "lr": run.optimizer.param_groups[0]["lr"]}
+        row |= run.epoch(epoch)
+        figures, logits = validate(run.validated, val, cfg, device, decision, ranks)
         row |= figures
-        if check_start and epoch == cfg["freeze_epochs"] - 1 and row["val_loss"] > result.start["val_loss"]:
+        if guard.undoes(epoch, row, result.start):
             log(f"epoch {epoch}: val_loss {row['val_loss']:.4f} is worse than the probe's; the frozen epochs "
                 "are undone (the probe head is kept)")
-            for target in {id(model): model, id(validated): validated}.values():
-                target.head.load_state_dict(start_head)
+            guard.restore(model, run.validated)
             row |= result.start
             result.kept_probe = True
-            _, logits = validate(validated, val, cfg, device, None, ranks)
+            _, logits = validate(run.validated, val, cfg, device, None, ranks)
         result.history.append(row)
-        cost = per_image_cost(metric, logits, val.labels)
-        improved = _is_better(metric, row[metric], best)
-        kept = improved or (cost is not None and not clearly_worse(cost, best_cost, val.groups))
+        improved, kept = stopping.observe(epoch, row[metric], per_image_cost(metric, logits, val.labels), val.groups)
         log(f"epoch {epoch}: train_loss {row['train_loss']:.4f} val_loss {row['val_loss']:.4f} "
             f"val_accuracy {row['val_accuracy']:.4f}"
             + (f" {metric} {row[metric]:.4f}" if metric not in ("val_loss", "val_accuracy") else "")
             + f" ({row['train_images_per_s']:.0f} img/s)"
             + (" *best" if improved else " kept: within the noise of the best" if kept else ""))
         if kept:
-            result.state_dict, result.best_epoch = copy.deepcopy(validated.state_dict()), epoch
+            result.state_dict, result.best_epoch = copy.deepcopy(run.validated.state_dict()), epoch
         if improved:
-            best, best_cost, since_best, result.best_value_epoch = row[metric], cost, 0, epoch
-        elif epoch >= first_counted:
-            since_best += 1
-            stopped = bool(cfg["patience"]) and since_best >= cfg["patience"]
+            result.best_value_epoch = epoch
         if checkpoints is not None and ranks.is_main:
-            checkpoints.save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                              "scheduler": scheduler.state_dict(), "random": random_states(generator),
-                              "average": average.state_dict() if average is not None else None, "result": result,
-                              "best": best, "best_cost": best_cost, "since_best": since_best, "stopped": stopped,
-                              "start_head": start_head})
+            checkpoints.save({"epoch": epoch, **run.state(), "result": result, "stopping": stopping,
+                              "start_head": guard.start_head})
         if on_epoch is not None:  # the stage logs it live (tlpipe/train/live.py): DVC sees progress mid-run
             on_epoch(row)
-        if stopped:
-            log(f"early stop: no better {metric} for {since_best} epochs; keeping epoch {result.best_epoch}")
+        if stopping.stopped:
+            log(f"early stop: no better {metric} for {stopping.since_best} epochs; keeping epoch {result.best_epoch}")
             break
     model.load_state_dict(result.state_dict)
     return result
+
+
+class _Training:
+    """What one fine-tuning run trains with: the loss, AdamW over the layer-wise rate groups, the
+    one-cycle schedule, the weights' moving average (ema_decay > 0: what gets validated and kept, as
+    averaged weights sit in flatter minima and tend to carry better to shifted test data), the
+    augmentation's generator and the DDP replicas. `state()`/`restore()` are what resume saves."""
+
+    def __init__(self, model: Classifier, train: Split, cfg: dict, num_classes: int, device: torch.device,
+                 ranks: Ranks):
+        self.model, self.train, self.cfg, self.device, self.ranks = model, train, cfg, device, ranks
+        self.generator = torch.Generator().manual_seed(cfg["seed"])
+        self.loss_fn, groups, self.augment = _training_setup(model, train, cfg, num_classes, device, cfg["lr"])
+        share_weights(model, ranks)
+        self.replicas = Replicas(model, ranks, device)
+        self.optimizer = torch.optim.AdamW(groups, weight_decay=cfg["weight_decay"])
+        steps_per_epoch = -(-len(train.labels) // cfg["batch_size"])
+        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            self.optimizer, max_lr=[g["lr"] for g in groups], total_steps=max(1, cfg["epochs"] * steps_per_epoch),
+            pct_start=WARMUP_SHARE)
+        self.average = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg["ema_decay"]), use_buffers=True)
+                        if cfg["ema_decay"] > 0 else None)
+        self.validated = self.average.module if self.average is not None else model
+
+    def epoch(self, epoch: int) -> dict:
+        return train_one_epoch(self.model, self.train, self.optimizer, self.scheduler, self.loss_fn, self.augment,
+                               self.cfg, epoch, self.device, self.generator, self.average, self.replicas, self.ranks)
+
+    def state(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "random": random_states(self.generator),
+                "average": self.average.state_dict() if self.average is not None else None}
+
+    def restore(self, saved: dict) -> None:
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        if self.average is not None:
+            self.average.load_state_dict(saved["average"])
+        restore_random_states(self.generator, saved["random"])
+
+
+@dataclass
+class _ProbeGuard:
+    """The frozen epochs train the probe (fitted and calibrated on plain features) on augmented images
+    with a smoothed loss and can end worse: they are undone when the last frozen epoch's validation
+    loss is above the probe's."""
+    enabled: bool
+    last_frozen_epoch: int
+    start_head: dict | None = None  # the probe head, as training started
+
+    def undoes(self, epoch: int, row: dict, start: dict | None) -> bool:
+        return self.enabled and epoch == self.last_frozen_epoch and row["val_loss"] > start["val_loss"]
+
+    def restore(self, model: Classifier, validated: Classifier) -> None:
+        for target in {id(model): model, id(validated): validated}.values():
+            target.head.load_state_dict(self.start_head)
