@@ -51,6 +51,7 @@ def child_stage(work: Path, data: Path, n: int) -> dict:
     device = pick_device("auto")
     images, _, _ = load_split(common.cache_folder(work, data, SIZE), "train")
     images = images[:n]
+    n = len(images)  # a small data set holds fewer
     start = time.perf_counter()
     features = extract_features(model, images, BATCH, device, False, desc="train")
     seconds = time.perf_counter() - start
@@ -77,8 +78,9 @@ def child_bare(work: Path, data: Path, n: int, tuned: bool, channels_last: bool)
     mean = torch.tensor(backbone.mean).view(1, 3, 1, 1)
     std = torch.tensor(backbone.std).view(1, 3, 1, 1)
     # a few distinct batches, prepared beforehand (normalised floats), cycled through
-    prepared = [((torch.from_numpy(np.array(images[i * BATCH:(i + 1) * BATCH])).permute(0, 3, 1, 2).float() / 255 - mean) / std)
-                .contiguous(memory_format=fmt) for i in range(4)]
+    rows = [np.arange(i * BATCH, (i + 1) * BATCH) % len(images) for i in range(4)]  # a small data set is cycled
+    prepared = [((torch.from_numpy(np.array(images[r])).permute(0, 3, 1, 2).float() / 255 - mean) / std)
+                .contiguous(memory_format=fmt) for r in rows]
     sizes = [BATCH] * (n // BATCH) + ([n % BATCH] if n % BATCH else [])
     with torch.inference_mode():
         model(prepared[0])  # warm-up, not timed

@@ -49,8 +49,8 @@ def main() -> None:
     rule = fit_rule(session.val.labels, val_probs, metric, session.train.labels, groups=session.val.groups)
     checkpoint = model_checkpoint(model.cpu(), p["backbone"]["name"], classes, load_preprocess("data/cache"),
                                   cfg, result.best_epoch, rule)
-    with atomic_path("models/model.pt") as tmp:
-        torch.save(checkpoint, tmp)
+    images, labels = augmented_batch(session.train, cfg)  # a training batch as the model sees it
+    batch = grid([(image, classes[label]) for image, label in zip(images, labels)])
     best = result.history[result.best_epoch] if result.history else {}
     if result.start is not None:
         session.choices.setdefault("chosen_on_val", {})
@@ -64,11 +64,12 @@ def main() -> None:
                                          "threads": threads,
                                          **{k: v for k, v in best.items() if k != "step"}, **session.choices,
                                          "rule": rule_summary(rule, classes), "wall_s": round(time.perf_counter() - started, 1)})
-    images, labels = augmented_batch(session.train, cfg)
-    with atomic_path("plots/finetune/batch.png") as tmp:  # a training batch as the model sees it
-        grid([(image, classes[label]) for image, label in zip(images, labels)]).save(tmp, format="PNG")
+    with atomic_path("plots/finetune/batch.png") as tmp:
+        batch.save(tmp, format="PNG")
     # Always written (DVC declares it): the range test's curve with finetune.lr auto, else empty.
     write_json("plots/finetune/lr_find.json", session.lr_curve.rows if session.lr_curve else [])
+    with atomic_path("models/model.pt") as tmp:  # the model last: a stage that failed before leaves the old one
+        torch.save(checkpoint, tmp)
     checkpoints.clear()
 
 

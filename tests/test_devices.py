@@ -40,3 +40,22 @@ def test_the_mps_setting_is_a_valid_param():
     params = default_params()
     params["finetune"]["device"] = "mps"
     validate(params)
+
+
+def test_several_processes_on_an_apple_gpu_are_refused_before_torchrun_starts(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    with pytest.raises(TlpipeError, match="set processes: 1 to train on the MPS device"):
+        distributed.process_count(2, "auto")
+    assert distributed.process_count("auto", "auto") == 1
+
+
+def test_the_core_count_has_a_fallback_where_there_is_no_cpu_affinity(monkeypatch):
+    from tlpipe import jobs
+
+    monkeypatch.delattr(jobs.os, "sched_getaffinity", raising=False)
+    monkeypatch.setenv(jobs.JOBS_ENV, "1")
+    assert jobs.cores_for_this_job() == max(1, __import__("os").cpu_count())
+    monkeypatch.setenv(jobs.JOBS_ENV, "²")
+    with pytest.raises(TlpipeError, match="must be the number of jobs"):
+        jobs.cores_for_this_job()

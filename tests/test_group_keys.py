@@ -3,7 +3,7 @@ give none, so nothing is grouped by accident."""
 
 import re
 import shutil
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 import pytest
 

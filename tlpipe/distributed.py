@@ -58,12 +58,19 @@ def from_env() -> Ranks:
     return Ranks(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
 
 
+NO_DDP_ON_MPS = ("several processes train on CPUs (gloo) or CUDA GPUs (nccl), not on an Apple GPU: set "
+                 "processes: 1 to train on the MPS device, or device: cpu.")
+
+
 def process_count(setting: int | str, device_setting: str) -> int:
     """`processes: auto` is one per GPU this job may use, and one on a CPU. On a GPU box where nobody
     chose the GPUs (no CUDA_VISIBLE_DEVICES, not under the user's torchrun) they are claimed first,
     so that concurrent jobs never share one (tlpipe.gpu_slots)."""
     if device_setting == "cpu" or not torch.cuda.is_available():
-        return 1 if setting == "auto" else int(setting)
+        count = 1 if setting == "auto" else int(setting)
+        if count > 1 and pick_device(device_setting).type == "mps":
+            raise TlpipeError(NO_DDP_ON_MPS)
+        return count
     if "WORLD_SIZE" not in os.environ and "CUDA_VISIBLE_DEVICES" not in os.environ:
         gpus = gpu_slots.claim(torch.cuda.device_count(), None if setting == "auto" else int(setting))
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpus)
@@ -106,8 +113,7 @@ def init(device_setting: str, ranks: Ranks) -> torch.device:
             torch.cuda.set_device(device)
         return device
     if device.type == "mps":
-        raise TlpipeError("several processes train on CPUs (gloo) or CUDA GPUs (nccl), not on an Apple GPU: set "
-                          "processes: 1 to train on the MPS device, or device: cpu.")
+        raise TlpipeError(NO_DDP_ON_MPS)
     if device.type == "cuda":
         device = torch.device("cuda", ranks.local_rank)
         torch.cuda.set_device(device)

@@ -15,6 +15,8 @@ from tlpipe.jobs import cores_for_this_job
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
+
+
 def share_cpu() -> int:
     """Set torch's compute threads to this job's share of the cores (an OMP_NUM_THREADS set by the
     user or by torchrun for its ranks wins); returns the thread count."""

@@ -123,7 +123,7 @@ def preview(data: dict, split_cfg: dict, project: Path = Path(".")) -> list[str]
                           "class's images in a folder named after the class: FOLDER/CLASS/image.jpg.")
     split = assign_splits(images, split_cfg, report).value_counts()
     key = report.group_key.get("regex")
-    lines.append(f"  split it would make: " + ", ".join(f"{name} {int(split.get(name, 0))}" for name in
+    lines.append("  split it would make: " + ", ".join(f"{name} {int(split.get(name, 0))}" for name in
                                                         ("train", "val", "test"))
                  + f" (subject key in file names: {key or 'none'}; copies and near-duplicates are grouped "
                    "by `dvc repro split` too)")

@@ -91,10 +91,9 @@ def live_workers(cwd: Path) -> int:
     one-second timeout, and a worker on a busy machine often answers too late to be counted."""
     count = 0
     for record in (cwd / ".dvc" / "tmp" / "exps" / "celery").glob("dvc-exp-worker-*.json"):
-        try:
+        try:  # DVC writes a record whole (a temporary file renamed into place): one that cannot be read is no worker
             info = json.loads(record.read_text())
-        except (OSError, ValueError):  # being written: a worker starting or stopping at this moment
-            count += 1
+        except (OSError, ValueError):
             continue
         if info.get("returncode") is None and _running(info.get("pid")):
             count += 1

@@ -201,15 +201,18 @@ def gain_evidence(metric: str, y: np.ndarray, small: np.ndarray, big: np.ndarray
     _, group_of = np.unique(np.arange(len(y)) if groups is None else np.asarray(groups), return_inverse=True)
     group_of = group_of.reshape(-1)
     n_groups = int(group_of.max()) + 1
-    # per group, the confusion counts of each decision vector: a resample's are a weighted sum
-    per_group = np.stack([np.bincount(group_of * k * k + y * k + d, minlength=n_groups * k * k).reshape(n_groups, k * k)
-                          for d in (small, big)])
-    value = metric_of_confusions(metric, per_group.sum(1).reshape(2, k, k))
+    cells = [y * k + d for d in (small, big)]  # each image's confusion cell under each decision vector
+
+    def metrics(image_weight=None) -> np.ndarray:
+        return metric_of_confusions(metric, np.stack([np.bincount(c, weights=image_weight, minlength=k * k)
+                                                      for c in cells]).reshape(2, k, k))
+
+    value = metrics()
     rng = np.random.default_rng(0)
     gains = np.empty(draws)
-    for draw in range(draws):
+    for draw in range(draws):  # a resample of whole groups: each image weighs as often as its group was drawn
         weight = np.bincount(rng.integers(0, n_groups, n_groups), minlength=n_groups)
-        resampled = metric_of_confusions(metric, (weight @ per_group).reshape(2, k, k))
+        resampled = metrics(weight[group_of].astype(np.float64))
         gains[draw] = resampled[1] - resampled[0]
     return float(value[1] - value[0]), float(np.quantile(np.nan_to_num(gains), 1 - EVIDENCE_LEVEL))
 

@@ -45,9 +45,9 @@ def rates(min_lr: float, max_lr: float, steps: int) -> np.ndarray:
     return np.geomspace(min_lr, max_lr, num=max(steps, 2))
 
 
-def _batches(labels: np.ndarray, seed: int, batch_size: int):
+def _batches(labels: np.ndarray, seed: int, batch_size: int, balanced: bool):
     for epoch in itertools.count():  # as many passes over the training split as the test needs
-        for rows in batch_rows(labels, seed, epoch, batch_size):
+        for rows in batch_rows(labels, seed, epoch, batch_size, balanced):
             yield np.sort(rows)  # read in disk order; the batch's loss does not depend on it
 
 
@@ -64,7 +64,7 @@ def range_test(model: Classifier, images: np.ndarray, labels: np.ndarray, groups
     generator = torch.Generator().manual_seed(cfg["seed"])
     curve, average, best = LrCurve(), 0.0, math.inf
     try:
-        batches = _batches(np.asarray(labels), cfg["seed"], cfg["batch_size"])
+        batches = _batches(np.asarray(labels), cfg["seed"], cfg["batch_size"], cfg["class_balance"] == "sampler")
         for at, lr in enumerate(rates(cfg["lr_find_min"], cfg["lr_find_max"], cfg["lr_find_steps"])):
             for group, factor in zip(optimizer.param_groups, relative):
                 group["lr"] = lr * factor

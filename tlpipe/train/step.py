@@ -1,6 +1,8 @@
 """One optimisation step, and the batch order it is fed in: finetune, the MLP/attention head and
-the learning-rate finder all train through these two, so a change to how a batch is trained (mixed
-precision, gradient scaling, a check) is made once. The temperature fit (choose.py, LBFGS on one
+the learning-rate finder all train through `step`, so a change to how a batch is trained (mixed
+precision, gradient scaling, a check) is made once. The order is train.order.epoch_order cut by
+runtime.training_batches: the head and the lr finder take it from `batch_rows`; finetune's loader
+(train.loader.device_batches) cuts the same order the same way and hands each DDP rank its share. The temperature fit (choose.py, LBFGS on one
 scalar) and Grad-CAM (use/report.py, gradients without a step) are not training and stay apart."""
 
 from collections.abc import Iterator
