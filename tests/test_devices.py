@@ -2,6 +2,8 @@
 a device asked for by name and not there is refused in one line. Driven by hand here: this machine
 has neither kind of GPU."""
 
+import os
+
 import pytest
 import torch
 
@@ -55,7 +57,7 @@ def test_the_core_count_has_a_fallback_where_there_is_no_cpu_affinity(monkeypatc
 
     monkeypatch.delattr(jobs.os, "sched_getaffinity", raising=False)
     monkeypatch.setenv(jobs.JOBS_ENV, "1")
-    assert jobs.cores_for_this_job() == max(1, __import__("os").cpu_count())
+    assert jobs.cores_for_this_job() == max(1, os.cpu_count())
     monkeypatch.setenv(jobs.JOBS_ENV, "²")
     with pytest.raises(TlpipeError, match="must be the number of jobs"):
         jobs.cores_for_this_job()
