@@ -124,3 +124,30 @@ def test_multi_index_search_finds_exactly_the_pairs_within_the_radius(n, monkeyp
     assert {(a, b) for a, b, _ in found} == expected
     assert all(d == distance[a, b] for a, b, d in found)
     assert 0 < len(expected) < len(hashes) * (len(hashes) - 1) / 2 / 10
+
+
+def test_the_search_reads_thumbnails_from_their_file_as_from_memory(monkeypatch):
+    """Fingerprints keeps thumbnails in a temporary file: what the search reads back, block by
+    small block, is what was added, so it confirms the same pairs as with the thumbnails in memory."""
+    from tlpipe.data.duplicates import Fingerprints
+
+    monkeypatch.setattr(phash, "CONFIRM_BLOCK", 7)
+    rng = np.random.default_rng(0)
+    images = [smooth_image(seed, 64) for seed in range(12)]
+    contents = [jpeg(im) for im in images] + [jpeg(im, 40) for im in images[:6]] + [jpeg(Image.new("RGB", (64, 64)))] * 2
+    found = [phash.fingerprint(content) for content in contents]
+    prints = Fingerprints(len(found) + 5)
+    for k, (code, thumb) in enumerate(found):
+        prints.add(f"img{k}.jpg", code, thumb)
+    in_memory = np.stack([thumb for _, thumb in found])
+    hashes, flat = prints.hashes[:len(prints)], prints.flat[:len(prints)]
+    with prints.thumbnails() as thumbs:
+        rows = rng.permutation(len(found))
+        assert np.array_equal(thumbs[rows], in_memory[rows])
+        from_file = phash.near_duplicates(hashes, thumbs, flat, 0.97)
+    prints.close()
+    from_memory = phash.near_duplicates(hashes, in_memory, ~in_memory.any(axis=1), 0.97)
+    assert np.array_equal(from_file, from_memory)
+    pairs = {tuple(pair) for pair in from_file.tolist()}
+    assert {(k, 12 + k) for k in range(6)} <= pairs  # each re-encoded copy found
+    assert (18, 19) in pairs and flat[18] and flat[19]  # two flat images: by hash alone

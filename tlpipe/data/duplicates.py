@@ -4,8 +4,11 @@ found by content, then kept, grouped or dropped."""
 from __future__ import annotations
 
 import hashlib
+import mmap
+import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import PurePosixPath
 
 import numpy as np
@@ -16,27 +19,67 @@ from tlpipe.data.raw import RawData
 from tlpipe.data.split_report import SplitReport
 
 
-@dataclass
 class Fingerprints:
-    """Near-duplicate fingerprints (tlpipe.data.phash.fingerprint) of the listed files, one row
-    each, in one array per field: a million images hold about 1 KB each here."""
-    paths: list[str]
-    hashes: np.ndarray   # (N,) uint64 pHash
-    thumbs: np.ndarray   # (N, THUMB_SIDE**2) float32, unit-norm and zero-mean
-    found: np.ndarray    # (N,) bool: decoded, and large enough to search
+    """Near-duplicate fingerprints (tlpipe.data.phash.fingerprint) of the searchable images, one row
+    each in the order added: paths, 64-bit hashes and a flat-image flag in memory (about 100 bytes
+    an image), the 1 KB thumbnails in an unlinked temporary file. The search reads thumbnails a
+    block of rows at a time through a read-only map whose pages are released after each block, so
+    they stay in the file (and the OS page cache), not in the process: peak memory does not grow
+    with the thumbnails of a million images."""
 
-    @classmethod
-    def empty(cls, paths: list[str]) -> "Fingerprints":
-        n = len(paths)
-        return cls(paths, np.zeros(n, dtype=np.uint64), np.zeros((n, THUMB_SIDE ** 2), dtype=np.float32),
-                   np.zeros(n, dtype=bool))
+    def __init__(self, capacity: int):
+        self.paths: list[str] = []
+        self.hashes = np.zeros(capacity, dtype=np.uint64)
+        self.flat = np.zeros(capacity, dtype=bool)  # a zero thumbnail (one grey level): matches by hash only
+        self._file = tempfile.TemporaryFile(prefix="tlpipe-thumbnails-")
+
+    def add(self, path: str, phash: int, thumb: np.ndarray) -> None:
+        row = len(self.paths)
+        self.paths.append(path)
+        self.hashes[row], self.flat[row] = phash, not thumb.any()
+        self._file.write(np.ascontiguousarray(thumb, dtype=np.float32).tobytes())
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @contextmanager
+    def thumbnails(self) -> Iterator["MappedRows"]:
+        self._file.flush()
+        rows = MappedRows(self._file, len(self.paths), THUMB_SIDE ** 2)
+        try:
+            yield rows
+        finally:
+            rows.close()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class MappedRows:
+    """`rows[index]`: a copy of those rows of an (n, width) float32 file, the map's pages released."""
+
+    def __init__(self, file, n: int, width: int):
+        self._map = mmap.mmap(file.fileno(), n * width * 4, access=mmap.ACCESS_READ)
+        self._rows = np.frombuffer(self._map, dtype=np.float32).reshape(n, width)
+
+    def __getitem__(self, index: np.ndarray) -> np.ndarray:
+        block = self._rows[index]
+        if _RELEASE is not None:
+            self._map.madvise(_RELEASE)
+        return block
+
+    def close(self) -> None:
+        del self._rows  # the map cannot close while an array views it
+        self._map.close()
+
+
+_RELEASE = getattr(mmap, "MADV_DONTNEED", None) if hasattr(mmap.mmap, "madvise") else None
 
 
 def _content_hashes(raw: RawData, paths: list[str], report: SplitReport,
                     prints: Fingerprints | None = None) -> dict[str, str]:
-    """Content hash of every readable file; with `prints`, also fill in its near-duplicate fingerprint."""
+    """Content hash of every readable file; with `prints`, also add its near-duplicate fingerprint."""
     hashes = {}
-    row_of = {path: row for row, path in enumerate(prints.paths)} if prints is not None else {}
     for path, content in raw.iter_bytes(paths):
         if isinstance(content, Exception):
             report.skip(path, f"unreadable: {content}")
@@ -45,8 +88,7 @@ def _content_hashes(raw: RawData, paths: list[str], report: SplitReport,
             if prints is not None and too_small(content):
                 report.too_small_for_near_duplicates += 1
             elif prints is not None and (found := fingerprint(content)) is not None:
-                row = row_of[path]
-                prints.hashes[row], prints.thumbs[row], prints.found[row] = found[0], found[1], True
+                prints.add(path, *found)
     return hashes
 
 
@@ -77,16 +119,16 @@ def _union_groups(images: pd.DataFrame, near: list[tuple[str, str]]) -> pd.Serie
 
 def _near_pairs(images: pd.DataFrame, prints: Fingerprints, similarity: float) -> list[tuple[str, str]]:
     """Near-duplicate pairs (path, path) among the kept images, identical content left out. The
-    search runs over every fingerprint (copies dropped since are few) so that no array is copied."""
-    content = dict(zip(images["path"], images["hash"]))
-    searched = np.flatnonzero(prints.found)
-    if len(searched) < 2:
+    search runs over every fingerprint (copies dropped since are few)."""
+    if len(prints) < 2:
         return []
-    pairs = near_duplicates(prints.hashes[searched], prints.thumbs[searched] if len(searched) < len(prints.paths)
-                            else prints.thumbs, similarity)
-    paths = [prints.paths[row] for row in searched]
-    return [(paths[i], paths[j]) for i, j in pairs.tolist()
-            if paths[i] in content and paths[j] in content and content[paths[i]] != content[paths[j]]]
+    with prints.thumbnails() as thumbs:
+        pairs = near_duplicates(prints.hashes[:len(prints)], thumbs, prints.flat[:len(prints)], similarity)
+    content = pd.Series(images["hash"].to_numpy(), index=images["path"]).reindex(prints.paths).to_numpy()
+    first, second = content[pairs[:, 0]], content[pairs[:, 1]]
+    pairs = pairs[pd.notna(first) & pd.notna(second) & (first != second)]
+    paths = np.asarray(prints.paths, dtype=object)
+    return list(zip(paths[pairs[:, 0]], paths[pairs[:, 1]]))
 
 
 def _drop_near_across_shipped(images: pd.DataFrame, near: list[tuple[str, str]], report: SplitReport) -> pd.DataFrame:
@@ -116,7 +158,7 @@ def handle_duplicates(images: pd.DataFrame, raw: RawData, cfg: dict, report: Spl
     """
     similarity = cfg["near_duplicate_similarity"]
     paths = images["path"].tolist()
-    prints = Fingerprints.empty(paths) if similarity is not None else None
+    prints = Fingerprints(len(paths)) if similarity is not None else None
     hashes = _content_hashes(raw, paths, report, prints)
     images = images[images["path"].isin(hashes)].copy()
     images["hash"] = images["path"].map(hashes)
@@ -150,6 +192,8 @@ def handle_duplicates(images: pd.DataFrame, raw: RawData, cfg: dict, report: Spl
     images = images.loc[sorted(keep)].drop(columns=["_rank", "_depth"])
     started = time.perf_counter()
     near = _near_pairs(images, prints, similarity) if prints is not None else []
+    if prints is not None:
+        prints.close()
     report.near_duplicate_search_s = round(time.perf_counter() - started, 2)
     if near and cfg["cross_split_duplicates"] == "drop":
         images = _drop_near_across_shipped(images, near, report)

@@ -31,9 +31,9 @@ LOW_FREQUENCIES = 8  # the hash keeps the LOW_FREQUENCIES x LOW_FREQUENCIES lowe
 THUMB_SIDE = 16     # the thumbnail compared in step 2
 CANDIDATE_BITS = 10  # step 1: pHashes at most this many bits apart are compared in step 2
 MAX_CHUNK_BITS = 22  # a chunk's lookup table has 2**bits + 1 entries
-LOOKUP_BLOCK = 1 << 20     # chunk lookups made at once
-CANDIDATE_BLOCK = 1 << 20  # candidate pairs checked at once: with LOOKUP_BLOCK, bounds the search's memory
-CONFIRM_BLOCK = 1 << 13    # candidate pairs whose thumbnails are gathered and correlated at once (~16 MB)
+LOOKUP_BLOCK = 1 << 16     # chunk lookups made at once
+CANDIDATE_BLOCK = 1 << 16  # candidate pairs checked at once: with LOOKUP_BLOCK, bounds the search's memory
+CONFIRM_BLOCK = 1 << 11    # candidate pairs whose thumbnails are gathered and correlated at once (~4 MB)
 
 
 MIN_SIDE = HASH_SIDE  # smaller images are not searched: blown up to 32 px, unrelated 8x8 digits look alike
@@ -83,11 +83,11 @@ def fingerprint(content: bytes) -> tuple[int, np.ndarray] | None:
     return _phash(pixels), (thumb / norm if norm > 0 else thumb).astype(np.float32)
 
 
-def near_duplicates(hashes: np.ndarray, thumbs: np.ndarray, similarity: float) -> np.ndarray:
+def near_duplicates(hashes: np.ndarray, thumbs, flat: np.ndarray, similarity: float) -> np.ndarray:
     """(K, 2) int64 rows (i, j), i < j: the pairs within CANDIDATE_BITS whose thumbnails correlate at
-    >= `similarity`, confirmed one bounded block of candidates at a time. Flat images (zero
+    >= `similarity`, confirmed one bounded block of candidates at a time (`thumbs[rows]` gives those
+    rows' thumbnails: an array, or tlpipe.data.duplicates.MappedRows). Flat images (`flat`: a zero
     thumbnail) match nothing but themselves by hash."""
-    flat = ~np.any(thumbs, axis=1)
     found = [np.zeros((0, 2), dtype=np.int64)]
     for candidates in candidate_pairs(hashes, CANDIDATE_BITS):
         for start in range(0, len(candidates[0]), CONFIRM_BLOCK):

@@ -75,15 +75,15 @@ def _read_labels_csv(raw: RawData, cfg: dict) -> pd.DataFrame:
     return table.set_index(ids)
 
 
-def _group_pattern(rows: list[dict], cfg: dict, report: SplitReport) -> str | None:
+def _group_pattern(paths: list[str], labels: list[str], groups: list, cfg: dict, report: SplitReport) -> str | None:
     """The regex that finds each image's subject in its file name: split.group_regex, or with
     `auto` the key the names carry (tlpipe.data.group_keys), or none. Recorded in the report."""
     setting = cfg["group_regex"]
     if setting != "auto":
         report.group_key = {"mode": "regex" if setting else "off", "regex": setting}
         return setting
-    ungrouped = [row for row in rows if row["group"] is None]
-    found = find_group_key([r["path"] for r in ungrouped], [r["label"] for r in ungrouped]) if ungrouped else None
+    ungrouped = [row for row, group in enumerate(groups) if group is None]
+    found = find_group_key([paths[r] for r in ungrouped], [labels[r] for r in ungrouped]) if ungrouped else None
     if found is None:
         report.group_key = {"mode": "auto", "regex": None}
         return None
@@ -101,7 +101,8 @@ def list_images(raw: RawData, cfg: dict, report: SplitReport, entries: list | No
     if cfg["labels_csv"]:
         cfg = cfg | {"labels_csv": resolve_labels_csv(raw, cfg["labels_csv"])}
     table = _read_labels_csv(raw, cfg) if cfg["labels_csv"] else None
-    rows, seen_ids = [], set()
+    # one list per column, each label string shared: a million rows hold little more than their paths
+    paths, labels, shipped_splits, groups, seen_ids, label_strings = [], [], [], [], set(), {}
     for entry in entries:
         path = PurePosixPath(entry.path)
         if entry.path == cfg["labels_csv"]:
@@ -136,28 +137,32 @@ def list_images(raw: RawData, cfg: dict, report: SplitReport, entries: list | No
                 report.skip(entry.path, "not inside a class folder")
                 continue
             label = path.parent.name
-        rows.append({"path": entry.path, "label": label, "shipped": shipped, "group": group})
+        paths.append(entry.path)
+        labels.append(label_strings.setdefault(label, label))
+        shipped_splits.append(shipped)
+        groups.append(group)
     if table is not None:
         report.labels_without_file = sorted(set(table.index) - seen_ids)
-    pattern = _group_pattern(rows, cfg, report)
+    pattern = _group_pattern(paths, labels, groups, cfg, report)
     group_regex = re.compile(pattern) if pattern else None
-    for row in rows:
-        if row["group"] is None and group_regex is not None:
-            match = group_regex.search(PurePosixPath(row["path"]).name)
+    for row, path in enumerate(paths):
+        if groups[row] is None and group_regex is not None:
+            match = group_regex.search(PurePosixPath(path).name)
             if match:
-                row["group"] = match.group(1) if match.groups() else match.group(0)
-        if row["group"] is None:
+                groups[row] = match.group(1) if match.groups() else match.group(0)
+        if groups[row] is None:
             report.ungrouped_files += group_regex is not None
-            row["group"] = row["path"]
-    if group_regex is not None and rows and report.ungrouped_files == len(rows):
-        examples = ", ".join(PurePosixPath(r["path"]).name for r in rows[:3])
-        raise TlpipeError(f"split.group_regex {cfg['group_regex']!r} matches none of the {len(rows)} file names "
+            groups[row] = path
+    if group_regex is not None and paths and report.ungrouped_files == len(paths):
+        examples = ", ".join(PurePosixPath(path).name for path in paths[:3])
+        raise TlpipeError(f"split.group_regex {cfg['group_regex']!r} matches none of the {len(paths)} file names "
                           f"(e.g. {examples}), so nothing would be grouped by patient. Fix the regex (it is "
                           "searched in the file name, not the path), or set it to null.")
     if report.ungrouped_files:
-        print(f"split: split.group_regex matched no group in {report.ungrouped_files} of {len(rows)} file names; "
+        print(f"split: split.group_regex matched no group in {report.ungrouped_files} of {len(paths)} file names; "
               "each of those is its own group (listed in metrics/split.json as ungrouped_files).", file=sys.stderr)
-    return pd.DataFrame(rows, columns=["path", "label", "shipped", "group"])
+    return pd.DataFrame({"path": paths, "label": labels, "shipped": shipped_splits, "group": groups},
+                        columns=["path", "label", "shipped", "group"])
 
 
 def carve(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
