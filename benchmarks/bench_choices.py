@@ -30,9 +30,11 @@ def main() -> int:
                    help="a chest project after `dvc repro` (default: bench_chest.py's, %(default)s)")
     args = p.parse_args()
     data = common.check_data(args.data)
-    import torch
-    import yaml
+    from dataclasses import replace
 
+    import torch
+
+    from tlpipe import params
     from tlpipe.data.cache import load_features, load_split
     from tlpipe.data.raw import RawData
     from tlpipe.data.split import build_split
@@ -43,10 +45,9 @@ def main() -> int:
 
     summary = common.Summary("choices made on validation: added wall time (chest X-ray)")
     raw = RawData(common.raw_folder(args.work, data))
-    params = yaml.safe_load((args.project / "params.yaml").read_text())
-    cfg = params["split"]
-    plain, _ = timed(lambda: build_split(raw, cfg | {"near_duplicate_similarity": None}))
-    near, (_, report) = timed(lambda: build_split(raw, cfg | {"near_duplicate_similarity": 0.97}))
+    project = params.load(args.project / "params.yaml")
+    plain, _ = timed(lambda: build_split(raw, replace(project.split, near_duplicate_similarity=None)))
+    near, (_, report) = timed(lambda: build_split(raw, replace(project.split, near_duplicate_similarity=0.97)))
     summary.figure(f"split: {plain:.1f} s identical bytes only, {near:.1f} s with near-duplicates "
                    f"(+{near - plain:.1f} s; {len(report.near_duplicate_pairs)} near-duplicate pairs)")
     features = {s: load_features(args.project / "data/features", s) for s in ("train", "val")}
@@ -56,14 +57,14 @@ def main() -> int:
     auto, (_, chosen) = timed(lambda: choose_logreg(x, y, xv, yv, 2, "auto", True, 0))
     summary.figure(f"train-head: C 1.0 {fixed:.1f} s, C auto {auto:.1f} s (+{auto - fixed:.1f} s; chose C "
                    f"{chosen['C']:g} of {len(chosen['C_grid'])} tried)")
-    backbone = create_backbone(params["backbone"]["name"], "default")
-    fcfg = params["finetune"]
+    backbone = create_backbone(project.backbone.name, "default")
+    fcfg = project.finetune
     probe, probe_val = ft.Features(x, y), ft.Features(xv, yv)
-    fixed, _ = timed(lambda: ft.probe_head(backbone, 2, fcfg | {"probe_C": 0.1}, probe))
-    auto, (_, chosen) = timed(lambda: ft.probe_head(backbone, 2, fcfg | {"probe_C": "auto"}, probe, probe_val))
+    fixed, _ = timed(lambda: ft.probe_head(backbone, 2, replace(fcfg, probe_C=0.1), probe))
+    auto, (_, chosen) = timed(lambda: ft.probe_head(backbone, 2, replace(fcfg, probe_C="auto"), probe, probe_val))
     images = load_split(args.project / "data/cache", "val")[0]
     model = ft.build_model(backbone, 2, fcfg, head=torch.nn.Linear(backbone.num_features, 2))
-    check, _ = timed(lambda: predict_logits(model, images, fcfg["batch_size"] * 2, torch.device("cpu")))
+    check, _ = timed(lambda: predict_logits(model, images, fcfg.batch_size * 2, torch.device("cpu")))
     summary.figure(f"finetune: probe_C 0.1 {fixed:.1f} s, probe_C auto + temperature {auto:.1f} s "
                    f"(+{auto - fixed:.1f} s; C {chosen['probe_C']:g}, T {chosen['probe_temperature']:.3f}); "
                    f"validating the starting model: +{check:.1f} s ({len(images)} images)")

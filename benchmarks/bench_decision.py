@@ -55,7 +55,7 @@ def synthetic(seeds: int) -> None:
 
 def run_table(path: str) -> None:
     report = json.loads(open(path).read())
-    print(f"| model (test split) | rule fitted for | | accuracy | balanced accuracy | macro F1 |")
+    print("| model (test split) | rule fitted for | | accuracy | balanced accuracy | macro F1 |")
     print("|---|---|---|---|---|---|")
     for model in ("head", "finetune"):
         test = report[model]["test"]

@@ -1,4 +1,4 @@
-"""Benchmark: the finetune stage's training step (`tlpipe.finetune.train_one_epoch`: batches from
+"""Benchmark: the finetune stage's training step (`tlpipe.train.finetune.Training.epoch`: batches from
 the uint8 cache, batched augmentation, forward, backward, AdamW, one-cycle step) with every block
 of efficientnet_lite0 (tf_efficientnet_lite0) trainable, in a process set up as
 stages/finetune.py sets it up (`tune_malloc()` first, the model in channels_last as `fit` does).
@@ -28,45 +28,43 @@ WARMUP_BATCHES = 2
 
 
 def _train_rate(backbone_name: str, cache: Path, batches: int, batch_size: int, device_name: str) -> dict:
-    """Images/s of train_one_epoch over `batches` batches after WARMUP_BATCHES, all blocks trainable."""
-    import torch
-    import yaml
-    from torch import nn
+    """Images/s of Training.epoch over `batches` batches after WARMUP_BATCHES, all blocks trainable."""
+    from dataclasses import replace
 
-    from tlpipe.train.augment import Augment
+    import torch
+
+    from tlpipe import params
     from tlpipe.model.backbones import create_backbone
     from tlpipe.data.cache import load_classes, load_split
-    from tlpipe.train.finetune import Split, build_model, param_groups, train_one_epoch
+    from tlpipe.distributed import SINGLE
+    from tlpipe.train.finetune import Split, Training, build_model
     from tlpipe.runtime import pick_device
 
-    cfg = yaml.safe_load((common.REPO / "params.yaml").read_text())["finetune"]
-    cfg |= {"batch_size": batch_size, "head_init": "random", "aug_flip": True, "class_balance": "none", "unfreeze": "all"}
+    cfg = replace(params.load(common.REPO / "params.yaml").finetune, batch_size=batch_size, head_init="random",
+                  aug_flip=True, class_balance="none", unfreeze="all")
     device = pick_device(device_name)
     images, labels, _ = load_split(cache, "train")
     classes = load_classes(cache)
     backbone = create_backbone(backbone_name, "default" if backbone_name.startswith("efficientnet_lite") else "none")
     model = build_model(backbone, len(classes), cfg)
     model.to(device)  # as fit() does
-    if cfg["channels_last"]:
+    if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"])
-    groups = param_groups(model, cfg["lr"], cfg["layer_decay"])
-    optimizer = torch.optim.AdamW(groups, weight_decay=cfg["weight_decay"])
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in groups],
-                                                    total_steps=WARMUP_BATCHES + batches + 1)
-    augment = Augment(cfg["aug_scale_min"], flip=cfg["aug_flip"], rotation=cfg["aug_rotation"], jitter=cfg["aug_jitter"])
-    generator = torch.Generator().manual_seed(0)
-    epoch = cfg["freeze_epochs"]  # the first unfrozen epoch: every block trains
+    epoch = cfg.freeze_epochs  # the first unfrozen epoch: every block trains
     n_warm, n = WARMUP_BATCHES * batch_size, batches * batch_size
     warm = Split(images[:n_warm], labels[:n_warm])
     timed = Split(images[n_warm:n_warm + n], labels[n_warm:n_warm + n])
-    train_one_epoch(model, warm, optimizer, scheduler, loss_fn, augment, cfg, epoch, device, generator)
+    # the stage's training loop, loss, optimizer, schedule and weight average; the schedule spans
+    # enough epochs of the timed images for the warm-up and timed batches
+    epochs = 2 + WARMUP_BATCHES // batches
+    training = Training(model, timed, replace(cfg, epochs=epochs), len(classes), device, SINGLE)
+    training.epoch(epoch, warm)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    row = train_one_epoch(model, timed, optimizer, scheduler, loss_fn, augment, cfg, epoch, device, generator)
+    row = training.epoch(epoch)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -133,7 +131,7 @@ def main() -> int:
         print("RESULT " + json.dumps(result), flush=True)
         return 0
 
-    summary = common.Summary("bench_finetune: finetune training step (tlpipe.finetune.train_one_epoch), efficientnet_lite0 all blocks trainable")
+    summary = common.Summary("bench_finetune: finetune training step (tlpipe.train.finetune.Training.epoch), efficientnet_lite0 all blocks trainable")
     for size in CPU_TARGETS:
         common.cache_folder(args.work, args.data, size)
     print(f"[cpu] batch 32, {WARMUP_BATCHES} warm-up + {args.batches} timed batches per size", flush=True)

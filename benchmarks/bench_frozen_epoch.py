@@ -10,6 +10,7 @@ prints the probe's and the frozen epoch's validation loss for each.
 
 import argparse
 import sys
+from dataclasses import replace
 
 import torch
 
@@ -29,16 +30,16 @@ class _Stop(Exception):
 def main() -> int:
     argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # no options: run in a project
     p = params.load()
-    base = p["finetune"] | {"device": "cpu", "freeze_epochs": 1, "patience": 0}
+    base = replace(p.finetune, device="cpu", freeze_epochs=1, patience=0)
     classes = load_classes("data/cache")
     train, val = (ft.Split(*load_split("data/cache", s)[:2]) for s in ("train", "val"))
     features = [ft.Features(*load_features("data/features", s)) for s in ("train", "val")]
     for name, change in VARIANTS.items():
-        cfg = base | {k: v for k, v in change.items() if k != "lr_scale"}
-        if "lr_scale" in change and isinstance(cfg["lr"], float):
-            cfg["lr"] *= change["lr_scale"]
+        cfg = replace(base, **{k: v for k, v in change.items() if k != "lr_scale"})
+        if "lr_scale" in change and isinstance(cfg.lr, float):
+            cfg = replace(cfg, lr=cfg.lr * change["lr_scale"])
         torch.manual_seed(0)
-        backbone = create_backbone(p["backbone"]["name"], p["backbone"]["weights"])
+        backbone = create_backbone(p.backbone.name, p.backbone.weights)
         head, chosen = ft.probe_head(backbone, len(classes), cfg, *features)
         model = ft.build_model(backbone, len(classes), cfg, head=head)
         lines = []

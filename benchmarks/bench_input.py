@@ -1,5 +1,5 @@
 """Benchmark: the training input pipeline of the finetune stage (batches from the uint8 cache,
-`tlpipe.runtime.to_float_images` + `tlpipe.augment.Augment`, as `tlpipe.finetune.train_one_epoch`
+`tlpipe.runtime.to_float_images` + `tlpipe.augment.Augment`, as `tlpipe.train.finetune.Training.epoch`
 runs them) against torchvision `ImageFolder` + `DataLoader(num_workers=2)` decoding the same JPEGs
 with the same augmentation (v2 RandomResizedCrop, RandomHorizontalFlip, ToImage/ToDtype, Normalize).
 
@@ -30,10 +30,10 @@ SIZE = 224
 KINDS = ("dataloader", "stage", "stage-full")
 
 
-def finetune_defaults() -> dict:
-    import yaml
+def finetune_defaults():
+    from tlpipe import params
 
-    return yaml.safe_load((common.REPO / "params.yaml").read_text())["finetune"]
+    return params.load(common.REPO / "params.yaml").finetune
 
 
 def chosen_rows(work: Path, data: Path, n: int):
@@ -61,18 +61,18 @@ def child_stage(work: Path, data: Path, n: int, full_augment: bool) -> dict:
     images, labels, _ = load_split(common.cache_folder(work, data, SIZE), "train")
     rows = chosen_rows(work, data, n)
     if full_augment:
-        augment = Augment(cfg["aug_scale_min"], flip=True, rotation=cfg["aug_rotation"], jitter=cfg["aug_jitter"])
+        augment = Augment(cfg.aug_scale_min, flip=True, rotation=cfg.aug_rotation, jitter=cfg.aug_jitter)
     else:  # the DataLoader side's augmentation: crop + flip
-        augment = Augment(cfg["aug_scale_min"], flip=True, rotation=0.0, jitter=0.0)
+        augment = Augment(cfg.aug_scale_min, flip=True, rotation=0.0, jitter=0.0)
     generator = torch.Generator().manual_seed(0)
     device = torch.device("cpu")
     seen = 0
     start = time.perf_counter()
-    # the loop of tlpipe.finetune.train_one_epoch, without the model
+    # the loop of tlpipe.train.finetune.Training.epoch, without the model
     order = rows[torch.randperm(len(rows), generator=generator).numpy()]
     for part in batches(len(order), BATCH):
         idx = np.sort(order[part])
-        x = augment(to_float_images(images[idx], device, cfg["channels_last"]), generator)
+        x = augment(to_float_images(images[idx], device, cfg.channels_last), generator)
         y = torch.from_numpy(labels[idx]).to(device)
         seen += len(y)
     seconds = time.perf_counter() - start
@@ -95,7 +95,7 @@ def child_dataloader(work: Path, data: Path, n: int) -> dict:
     train_root = root / "chest_xray" / "train"
     wanted = {str(root / p[len(prefix):]) for p in index["path"].iloc[chosen_rows(work, data, n)]}
     transform = v2.Compose([
-        v2.RandomResizedCrop(SIZE, scale=(cfg["aug_scale_min"], 1.0), antialias=True),
+        v2.RandomResizedCrop(SIZE, scale=(cfg.aug_scale_min, 1.0), antialias=True),
         v2.RandomHorizontalFlip(),
         v2.ToImage(),
         v2.ToDtype(torch.float32, scale=True),

@@ -94,15 +94,15 @@ def split_table(work: Path, data: Path):
     """data/split.csv as the split stage makes it (default split params), cached."""
     import pandas as pd
 
-    import yaml
+    from dataclasses import replace
 
+    from tlpipe import params
     from tlpipe.data.raw import RawData
     from tlpipe.data.split import build_split, write_split_csv
 
     path = work / "split.csv"
     if not path.exists():
-        cfg = yaml.safe_load((REPO / "params.yaml").read_text())["split"]
-        cfg["group_regex"] = r"^(person\d+|NORMAL2-IM-\d+|IM-\d+)"
+        cfg = replace(params.load(REPO / "params.yaml").split, group_regex=r"^(person\d+|NORMAL2-IM-\d+|IM-\d+)")
         table, _ = build_split(RawData(raw_folder(work, data)), cfg)
         write_split_csv(table, path)
     return pd.read_csv(path, dtype=str, keep_default_na=False)

@@ -14,9 +14,9 @@ RAW = Path("data/raw")
 
 
 def main() -> None:
-    data = params.load()["data"]
-    source = data["source"]
-    details = fetch(source, RAW, data["sha256"], recorded_kaggle_version(source))
+    data = params.load().data
+    source = data.source
+    details = fetch(source, RAW, data.sha256, recorded_kaggle_version(source))
     identity = describe(RAW, source, **details)
     write_json(RECORD, identity)
     if names_no_version(source):

@@ -35,19 +35,19 @@ def _summary(metrics: dict, rule: dict | None) -> str:
 def main() -> None:
     tune_malloc()
     share_cpu()
-    cfg = params.load()["evaluate"]
-    relaunch("evaluate", process_count(cfg["processes"], cfg["device"]))  # under torchrun, when asked
+    cfg = params.load().evaluate
+    relaunch("evaluate", process_count(cfg.processes, cfg.device))  # under torchrun, when asked
     ranks = from_env()
-    device = init(cfg["device"], ranks)
+    device = init(cfg.device, ranks)
     classes = load_classes("data/cache")
     head, head_meta = load_head("models/head.pt")
     finetuned, model_meta = load_model("models/model.pt")
     if not ranks.is_main:  # the other ranks compute their share of the fine-tuned model's predictions
         for split in ("val", "test"):
             images = load_split("data/cache", split, paths=False)[0]
-            image_probabilities(finetuned, images, cfg["batch_size"], device, cfg["flip_tta"], ranks)
-            if cfg["ensemble"] and not cfg["flip_tta"]:
-                image_probabilities(finetuned, images, cfg["batch_size"], device, True, ranks)
+            image_probabilities(finetuned, images, cfg.batch_size, device, cfg.flip_tta, ranks)
+            if cfg.ensemble and not cfg.flip_tta:
+                image_probabilities(finetuned, images, cfg.batch_size, device, True, ranks)
         return finish(ranks)
     _, train_labels, _ = load_split("data/cache", "train", paths=False)
     report = {"baseline": {}, "head": {}, "finetune": {}}
@@ -57,17 +57,17 @@ def main() -> None:
         images, labels, index = load_split("data/cache", split)
         report["baseline"][split] = majority_baseline(train_labels, labels, len(classes))
         probs = {"head": feature_probabilities(head, load_head_inputs("data/features", split, head_meta["head"])),
-                 "finetune": image_probabilities(finetuned, images, cfg["batch_size"], device, cfg["flip_tta"], ranks)}
-        if cfg["ensemble"]:
+                 "finetune": image_probabilities(finetuned, images, cfg.batch_size, device, cfg.flip_tta, ranks)}
+        if cfg.ensemble:
             seen[split] = (labels, dict(probs))
             if split == "val":
                 val_groups = load_groups(index["path"])
-            if not cfg["flip_tta"]:
-                seen[split][1]["finetune+flip"] = image_probabilities(finetuned, images, cfg["batch_size"], device,
+            if not cfg.flip_tta:
+                seen[split][1]["finetune+flip"] = image_probabilities(finetuned, images, cfg.batch_size, device,
                                                                       True, ranks)
         if split == "val":
             val_probs = probs
-        elif cfg["prior_shift"]:  # opt-in: the test batch's class mix re-estimated without its labels
+        elif cfg.prior_shift:  # opt-in: the test batch's class mix re-estimated without its labels
             for model_name, model_probs in probs.items():
                 report[model_name]["test_prior_adjusted"] = prior_adjusted_figures(
                     val_probs[model_name], model_probs, labels, classes)
@@ -77,7 +77,7 @@ def main() -> None:
             report[model_name][split] = classification_metrics(labels, model_probs, classes, rule)
             if split == "test":  # every test figure with its 95% interval, patients resampled whole
                 report[model_name][split]["interval_95"] = intervals(labels, model_probs, classes, rule, groups)
-            rows = confusion_rows(labels, decide(model_probs, rule), classes, cfg["confusion_max_rows"])
+            rows = confusion_rows(labels, decide(model_probs, rule), classes, cfg.confusion_max_rows)
             write_json(f"plots/evaluate/confusion_{model_name}_{split}.json", rows)
             report[model_name][split]["confusion_plot_rows"] = {"rows": len(rows), "images": len(labels)}
             write_table(make_table(index["path"], model_probs, classes, rule, labels=index["label"]),
@@ -85,8 +85,8 @@ def main() -> None:
         write_json(f"plots/evaluate/roc_{split}.json", roc_rows(labels, probs["finetune"]))
         write_json(f"plots/evaluate/pr_{split}.json", pr_rows(labels, probs["finetune"]))
     finish(ranks)
-    if cfg["ensemble"]:
-        report["ensemble"] = ensemble_report(seen, classes, cfg["decision_metric"], train_labels, val_groups)
+    if cfg.ensemble:
+        report["ensemble"] = ensemble_report(seen, classes, cfg.decision_metric, train_labels, val_groups)
     write_json("metrics/evaluate.json", report | {"wall_s": wall_s()})
     print(f"evaluate: test, under each model's decision rule: fine-tuned "
           f"{_summary(report['finetune']['test'], rules['finetune'])}; head {_summary(report['head']['test'], rules['head'])}")

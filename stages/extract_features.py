@@ -25,36 +25,36 @@ def main() -> None:
     tune_malloc()
     share_cpu()
     p = params.load()
-    cfg = p["features"]
-    relaunch("features", process_count(cfg["processes"], cfg["device"]))  # under torchrun, when asked
+    cfg = p.features
+    relaunch("features", process_count(cfg.processes, cfg.device))  # under torchrun, when asked
     ranks = from_env()
-    device = init(cfg["device"], ranks)
-    backbone = create_backbone(p["backbone"]["name"], p["backbone"]["weights"])
+    device = init(cfg.device, ranks)
+    backbone = create_backbone(p.backbone.name, p.backbone.weights)
     model = Classifier(backbone.body, nn.Identity(), backbone.mean, backbone.std)
     size = load_preprocess("data/cache")["size"]
     if size != backbone.input_size and ranks.is_main:  # said once, here: the first stage that sees both
-        print(f"extract-features: {p['backbone']['name']} was trained on {backbone.input_size} px images; the cache "
+        print(f"extract-features: {p.backbone.name} was trained on {backbone.input_size} px images; the cache "
               f"is {size} px (resize.size). Allowed; resize.size: {backbone.input_size} matches the weights.")
     spatial = None
-    if cfg["spatial_grid"]:
-        maps = create_backbone(p["backbone"]["name"], p["backbone"]["weights"], spatial=True)
-        spatial = Classifier(maps.body, nn.AdaptiveAvgPool2d(cfg["spatial_grid"]), maps.mean, maps.std)
+    if cfg.spatial_grid:
+        maps = create_backbone(p.backbone.name, p.backbone.weights, spatial=True)
+        spatial = Classifier(maps.body, nn.AdaptiveAvgPool2d(cfg.spatial_grid), maps.mean, maps.std)
     # rank 0 writes; the other ranks (under torchrun) compute their share and write nothing
     with (atomic_path("data/features", directory=True) if ranks.is_main else nullcontext(None)) as tmp:
         for split in SPLITS:
             images, labels, _ = load_split("data/cache", split, paths=False)
-            extract_features(model, images, cfg["batch_size"], device, cfg["flip_tta"], desc=split,
+            extract_features(model, images, cfg.batch_size, device, cfg.flip_tta, desc=split,
                              out=tmp and tmp / f"{split}.npy", ranks=ranks)
             if spatial is not None:  # the last feature map on a small grid, float16, for attention heads
-                extract_features(spatial, images, cfg["batch_size"], device, cfg["flip_tta"], desc=f"{split} maps",
+                extract_features(spatial, images, cfg.batch_size, device, cfg.flip_tta, desc=f"{split} maps",
                                  out=tmp and tmp / f"{split}_spatial.npy", dtype=np.float16, ranks=ranks)
             if tmp is not None:
                 np.save(tmp / f"{split}_labels.npy", labels)
         finish(ranks)
         if tmp is None:
             return
-        meta = {"backbone": p["backbone"]["name"], "weights": p["backbone"]["weights"],
-                "num_features": backbone.num_features, "spatial_grid": cfg["spatial_grid"]}
+        meta = {"backbone": p.backbone.name, "weights": p.backbone.weights,
+                "num_features": backbone.num_features, "spatial_grid": cfg.spatial_grid}
         (Path(tmp) / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     # Timing apart from data/features, so that a rerun with the same features changes nothing downstream.
     write_json("metrics/features.json", {"num_features": backbone.num_features, "wall_s": wall_s()})

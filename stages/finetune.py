@@ -26,14 +26,14 @@ def main() -> None:
     tune_malloc()
     threads = share_cpu()
     p = params.load()
-    relaunch("finetune", process_count(p["finetune"]["processes"], p["finetune"]["device"]))  # under torchrun
+    relaunch("finetune", process_count(p.finetune.processes, p.finetune.device))  # under torchrun
     ranks = from_env()
-    device = init(p["finetune"]["device"], ranks)
-    seed_everything(p["finetune"]["seed"], p["finetune"]["deterministic"])
+    device = init(p.finetune.device, ranks)
+    seed_everything(p.finetune.seed, p.finetune.deterministic)
     log = print if ranks.is_main else (lambda line: None)
     session = prepare(p, device, log=log, ranks=ranks)
     cfg, model, classes = session.cfg, session.model, session.classes
-    metric = p["evaluate"]["decision_metric"]
+    metric = p.evaluate.decision_metric
     # .tlpipe/resume/: the state after each epoch, resumed from after a kill when params and inputs match
     checkpoints = Checkpoints(input_key(cfg, p))
     # live/finetune/: per-epoch metrics and curves, rewritten after every epoch (by rank 0)
@@ -45,9 +45,9 @@ def main() -> None:
         return
     live.close()
     # The decision rule is fitted here, on validation, and stored in model.pt for every user of it.
-    val_probs = image_probabilities(model, session.val.images, cfg["batch_size"] * 2, device)
+    val_probs = image_probabilities(model, session.val.images, cfg.batch_size * 2, device)
     rule = fit_rule(session.val.labels, val_probs, metric, session.train.labels, groups=session.val.groups)
-    checkpoint = model_checkpoint(model.cpu(), p["backbone"]["name"], classes, load_preprocess("data/cache"),
+    checkpoint = model_checkpoint(model.cpu(), p.backbone.name, classes, load_preprocess("data/cache"),
                                   cfg, result.best_epoch, rule)
     images, labels = augmented_batch(session.train, cfg)  # a training batch as the model sees it
     batch = grid([(image, classes[label]) for image, label in zip(images, labels)])
@@ -56,7 +56,7 @@ def main() -> None:
         session.choices.setdefault("chosen_on_val", {})
         session.choices["chosen_on_val"] |= {"probe_val_loss": result.start["val_loss"], "probe_val_accuracy": result.start["val_accuracy"],
                    "frozen_epochs_undone": result.kept_probe}
-    early_stop = cfg["early_stop_metric"]
+    early_stop = cfg.early_stop_metric
     kept_why = (f"the best {early_stop}" if result.best_epoch == result.best_value_epoch else
                 f"the last epoch within the noise of epoch {result.best_value_epoch}'s best {early_stop}")
     write_json("metrics/finetune.json", {"best_epoch": result.best_epoch, "epochs_run": len(result.history),

@@ -36,7 +36,7 @@ def _save_png(image, path: str) -> None:
 
 def main() -> None:
     share_cpu()
-    cfg = params.load()["report"]
+    cfg = params.load().report
     model, meta = load_model("models/model.pt")
     classes = meta["classes"]
     rule = meta["rule"]
@@ -46,13 +46,13 @@ def main() -> None:
         raise TlpipeError("data/predictions/finetune_test.csv is not in the order of data/cache/test.csv; "
                            "run `dvc repro evaluate`.")
 
-    worst = top_losses(predictions, classes, cfg["top_losses"])
+    worst = top_losses(predictions, classes, cfg.top_losses)
     _save_png(grid([(np.asarray(images[r["row"]]), f"{_caption(r, classes, rule)}\nloss {r['loss']:.2f}")
                     for _, r in worst.iterrows()] or
                    [(np.zeros((8, 8, 3), np.uint8), "no test images")]),
               "plots/report/top_losses.png")
 
-    examples = gradcam_examples(predictions, classes, cfg["gradcam_per_class"])
+    examples = gradcam_examples(predictions, classes, cfg.gradcam_per_class)
     tiles = []
     if len(examples):
         rows = examples["row"].to_numpy()

@@ -13,12 +13,12 @@ from tlpipe.stage import run, wall_s
 
 def main() -> None:
     p = params.load()
-    cfg = p["resize"]
-    with decode_pool(cfg["workers"]) as decoders:  # forked before the table is read: see tlpipe.data.resize
+    cfg = p.resize
+    with decode_pool(cfg.workers) as decoders:  # forked before the table is read: see tlpipe.data.resize
         table = read_csv("data/split.csv", dtype=str, usecols=["path", "label", "split"])
-        raw = RawData("data/raw", p["data"]["max_archive_gb"], p["data"]["max_archive_entries"])
-        size, chosen = cfg["size"], {}
-        name = p["backbone"]["name"]
+        raw = RawData("data/raw", p.data.max_archive_gb, p.data.max_archive_entries)
+        size, chosen = cfg.size, {}
+        name = p.backbone.name
         if size == "auto":
             from tlpipe.model.backbones import input_size, minimum_input_size  # torch and timm load only here
 
@@ -34,8 +34,8 @@ def main() -> None:
             if size < (least := minimum_input_size(name)):
                 raise TlpipeError(f"resize.size: {size} px is below the smallest input {name} takes ({least} px); "
                                   f"set resize.size: {least} or more, or auto.")
-        metrics = build_cache(table, raw, Path("data/cache"), size, cfg["mode"], cfg["workers"],
-                              cfg["max_unreadable_fraction"], cfg["contrast"], cfg["shard_mb"], decoders) | chosen
+        metrics = build_cache(table, raw, Path("data/cache"), size, cfg.mode, cfg.workers,
+                              cfg.max_unreadable_fraction, cfg.contrast, cfg.shard_mb, decoders) | chosen
     write_json("metrics/resize.json", metrics | {"wall_s": wall_s()})
     print(f"resize: {metrics['images']} cached, {metrics['unreadable_count']} unreadable")
 

@@ -10,11 +10,11 @@ from tlpipe.stage import run, wall_s
 
 def main() -> None:
     p = params.load()
-    raw = RawData("data/raw", p["data"]["max_archive_gb"], p["data"]["max_archive_entries"])
-    table, report = build_split(raw, p["split"])
+    raw = RawData("data/raw", p.data.max_archive_gb, p.data.max_archive_entries)
+    table, report = build_split(raw, p.split)
     with atomic_path("data/split.csv") as tmp:
         write_split_csv(table, tmp)
-    metrics = split_metrics(table, report, p["split"]["near_duplicate_similarity"]) | {"wall_s": wall_s()}
+    metrics = split_metrics(table, report, p.split.near_duplicate_similarity) | {"wall_s": wall_s()}
     write_json("metrics/split.json", metrics)
     warn_leaks(metrics)
     say_group_key(metrics["group_key"])

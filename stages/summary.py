@@ -51,7 +51,7 @@ def main() -> None:
     timings = {name: _read(metrics / f"{name}.json") for name in TIMED}
     result = headline(timings["evaluate"], timings["finetune"], timings)
     write_json(metrics / "headline.json", result)
-    shown = {key: p[key.split(".")[0]][key.split(".")[1]] for key in SHOWN_PARAMS}
+    shown = {key: p.value(key) for key in SHOWN_PARAMS}
     pictures = {"A training batch as the model sees it (augmented)": "plots/finetune/batch.png",
                 "Test images with the highest loss": "plots/report/top_losses.png",
                 "Grad-CAM: where the model looked (right and wrong, per class)": "plots/report/gradcam.png"}
@@ -59,7 +59,7 @@ def main() -> None:
     finetune = timings["finetune"]
     choices = {"Decision rule (chosen on validation)": finetune["rule"].get("why") or "argmax",
                "Checkpoint kept": f"epoch {finetune['best_epoch']}, {finetune.get('kept_because', 'the best epoch')}"}
-    page = report_page.page(f"tlpipe run: {p['backbone']['name']} on {p['data']['source']}", result, shown,
+    page = report_page.page(f"tlpipe run: {p.backbone.name} on {p.data.source}", result, shown,
                             timings["split"], charts(), images, _read(metrics / "data.json"), choices,
                             _read(Path("plots/report/most_confused.json")))
     with atomic_path("reports/summary.html") as tmp:

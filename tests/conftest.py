@@ -74,10 +74,19 @@ def default_params() -> dict:
     return yaml.safe_load((REPO / "params.yaml").read_text())
 
 
-def split_cfg(**overrides) -> dict:
-    cfg = default_params()["split"]
-    cfg.update(overrides)
-    return cfg
+def section(name: str, *changes: dict, **overrides):
+    """The typed params section `name` (tlpipe.params): params.yaml's values, with `changes` and
+    `overrides` on top."""
+    from tlpipe import params
+
+    values = default_params()[name]
+    for change in changes:
+        values |= change
+    return params.make_section(name, values | overrides)
+
+
+def split_cfg(**overrides):
+    return section("split", **overrides)
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:

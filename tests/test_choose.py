@@ -6,7 +6,7 @@ import pytest
 import torch
 from sklearn.metrics import log_loss
 
-from conftest import default_params
+from conftest import section
 from tlpipe.model.backbones import create_backbone
 from tlpipe.model.inference import feature_probabilities
 from tlpipe.train import finetune as ft
@@ -66,8 +66,8 @@ def test_first_validation_loss_is_never_worse_than_the_probe(lr):
     torch.manual_seed(0)
     backbone = create_backbone("efficientnet_lite0", "default")
     train, val = bright_dark(48, 0), bright_dark(32, 1)
-    cfg = default_params()["finetune"] | {"epochs": 1, "freeze_epochs": 1, "batch_size": 16, "device": "cpu",
-                                          "lr": lr, "aug_rotation": 30, "aug_jitter": 0.5, "patience": 0}
+    cfg = section("finetune", {"epochs": 1, "freeze_epochs": 1, "batch_size": 16, "device": "cpu",
+                               "lr": lr, "aug_rotation": 30, "aug_jitter": 0.5, "patience": 0})
     body = ft.Classifier(backbone.body, torch.nn.Identity(), backbone.mean, backbone.std)
     feats = [ft.Features(extract_features(body, s.images, 32, torch.device("cpu"), desc="t"), s.labels)
              for s in (train, val)]

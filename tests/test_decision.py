@@ -12,7 +12,7 @@ import torch
 from sklearn import metrics as skm
 from sklearn.linear_model import LogisticRegression
 
-from conftest import make_image_tree
+from conftest import make_image_tree, section
 from tlpipe.cli import main as cli
 from tlpipe.data.images import decode_or_reason
 from tlpipe.model.backbones import create_backbone
@@ -184,7 +184,8 @@ def model_with_rule(tmp_path_factory):
     rule["offsets"][rare] = shift
     decided = decide(probs, rule)
     assert 0 < (decided != probs.argmax(1)).sum() < len(files)
-    checkpoint = model_checkpoint(model, "efficientnet_lite0", ["a", "b", "c"], preprocess, {}, 0, rule)
+    checkpoint = model_checkpoint(model, "efficientnet_lite0", ["a", "b", "c"], preprocess, section("finetune"), 0,
+                                  rule)
     torch.save(checkpoint, root / "model.pt")
     (root / "cache").mkdir()
     np.save(root / "cache" / "test.npy", images)

@@ -118,8 +118,10 @@ from tlpipe.distributed import from_env, init
 from tlpipe.train.finetune import fit
 from tlpipe.train.session import prepare
 os.chdir({str(project)!r})
+from dataclasses import replace
 p = params.load()
-p["finetune"] |= {{"strategy": "all", "epochs": 6, "patience": 1, "lr": 0.3, "early_stop_metric": "val_accuracy"}}
+p = replace(p, finetune=replace(p.finetune, strategy="all", epochs=6, patience=1, lr=0.3,
+                                early_stop_metric="val_accuracy"))
 ranks = from_env()
 device = init("cpu", ranks)
 torch.manual_seed(0)

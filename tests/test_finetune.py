@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import default_params
+from conftest import section
+from tlpipe.params import FinetuneParams
 from tlpipe.train import finetune as ft
 from tlpipe.model.backbones import block_groups, create_backbone
 from tlpipe.errors import TlpipeError
@@ -25,11 +26,9 @@ def tiny_data(n: int, seed: int, size: int = 32) -> ft.Split:
     return ft.Split(images, labels.astype(np.int64))
 
 
-def tiny_cfg(**overrides) -> dict:
-    cfg = default_params()["finetune"] | {"epochs": 2, "freeze_epochs": 0, "batch_size": 8, "device": "cpu",
-                                          "patience": 0, "lr": 0.003, "early_stop_metric": "val_loss",
-                                          "probe_C": 0.1}
-    return cfg | overrides
+def tiny_cfg(**overrides) -> FinetuneParams:
+    return section("finetune", {"epochs": 2, "freeze_epochs": 0, "batch_size": 8, "device": "cpu", "patience": 0,
+                                "lr": 0.003, "early_stop_metric": "val_loss", "probe_C": 0.1}, **overrides)
 
 
 def tiny_model(head_init: str = "random", weights: str = "none"):
@@ -113,8 +112,8 @@ def test_unfreeze_last_blocks_and_discriminative_rates():
 def test_probe_head_init_is_the_logistic_regression_on_the_features():
     model, probe = tiny_model(head_init="probe")
     cfg = tiny_cfg()
-    expected, _ = choose_logreg(probe.values, probe.labels, probe.values[:0], probe.labels[:0], 2, cfg["probe_C"],
-                                ft.balance_power(cfg), cfg["seed"])
+    expected, _ = choose_logreg(probe.values, probe.labels, probe.values[:0], probe.labels[:0], 2, cfg.probe_C,
+                                ft.balance_power(cfg), cfg.seed)
     assert torch.equal(model.head.weight, expected.weight)
     assert (model.head(torch.from_numpy(probe.values)).argmax(1).numpy() == probe.labels).all()
     random_model, _ = tiny_model(head_init="random")
@@ -234,7 +233,7 @@ def test_augmented_batch_is_the_first_batch_as_training_sees_it():
     cfg = tiny_cfg(aug_rotation=30, aug_jitter=0.3, aug_scale_min=0.5)
     images, labels = ft.augmented_batch(train, cfg, n=8)
     assert images.shape == (8, 32, 32, 3) and images.dtype == np.uint8
-    rows = ft.epoch_order(train.labels, cfg["seed"], 0)[:8]
+    rows = ft.epoch_order(train.labels, cfg.seed, 0)[:8]
     assert np.array_equal(labels, train.labels[rows])
     assert not np.array_equal(images, train.images[rows])  # augmented, not the cached pixels
     again, _ = ft.augmented_batch(train, cfg, n=8)

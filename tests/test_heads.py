@@ -6,7 +6,8 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, log_loss
 
-from conftest import default_params
+from conftest import default_params, section
+from tlpipe.params import HeadParams
 from tlpipe.errors import TlpipeError
 from tlpipe.model.backbones import create_backbone
 from tlpipe.model.classifier import AttentionHead, AttentionPool
@@ -40,8 +41,8 @@ def feature_maps(n: int, seed: int, grid: int = 4) -> tuple[np.ndarray, np.ndarr
     return maps.astype(np.float16), y
 
 
-def head_cfg(**overrides) -> dict:
-    return default_params()["head"] | {"epochs": 40, "lr": 0.01, "batch_size": 32} | overrides
+def head_cfg(**overrides) -> HeadParams:
+    return section("head", {"epochs": 40, "lr": 0.01, "batch_size": 32}, **overrides)
 
 
 def saved_and_reloaded(checkpoint: dict, tmp_path):
@@ -111,8 +112,8 @@ def test_finetune_with_attention_head_saves_a_model_that_rebuilds_from_model_pt(
     with torch.no_grad():
         assert torch.allclose(backbone.body.eval()(x).mean((2, 3)), pooled.body.eval()(x), atol=1e-5)
     probe = ft.Features(rng.normal(size=(16, backbone.num_features)).astype(np.float32), labels)
-    cfg = default_params()["finetune"] | {"epochs": 1, "freeze_epochs": 0, "batch_size": 8, "device": "cpu",
-                                          "head": "attention", "patience": 0, "probe_C": 0.1}
+    cfg = section("finetune", {"epochs": 1, "freeze_epochs": 0, "batch_size": 8, "device": "cpu",
+                               "head": "attention", "patience": 0, "probe_C": 0.1})
     model = ft.build_model(backbone, 2, cfg, probe)
     ft.fit(model, train, train, cfg, 2, torch.device("cpu"), log=lambda _: None, decision_metric="balanced_accuracy")
     preprocess = {"size": 64, "mode": "squash", "contrast": "none"}

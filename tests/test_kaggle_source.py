@@ -175,7 +175,7 @@ def test_versions_recorded_reused_pinned_and_updated_only_when_asked(tmp_path, k
     assert fetch("kaggle:owner/name", tmp_path / "raw", kaggle_version=1) == {"kaggle_version": 1}
     assert (tmp_path / "raw" / "name.zip").read_bytes() == kaggle.versions[1]
     # `tlpipe source` names the newer version and how to take it
-    data = params.load()["data"]
+    data = params.load().data
     said = "\n".join(tracking.report(data, tracking.recorded()))
     assert "Kaggle's newest version is 2; this project uses 1" in said and "tlpipe source --update" in said
     # a pinned version is honoured, whatever is newest
@@ -185,6 +185,6 @@ def test_versions_recorded_reused_pinned_and_updated_only_when_asked(tmp_path, k
     assert "/v1/datasets.DatasetApiService/GetDataset" not in [r["path"] for r in kaggle.requests]
     # --update pins the newest; the next download takes it
     assert tracking.update(data, project / "params.yaml")["data.source"] == ("kaggle:owner/name", "kaggle:owner/name/2")
-    assert params.load()["data"]["source"] == "kaggle:owner/name/2"
-    fetch(params.load()["data"]["source"], tmp_path / "raw")
+    assert params.load().data.source == "kaggle:owner/name/2"
+    fetch(params.load().data.source, tmp_path / "raw")
     assert (tmp_path / "raw" / "name.zip").read_bytes() == newer

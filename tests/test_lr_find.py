@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import default_params, make_dvc_project, run
+from conftest import make_dvc_project, run, section
+from tlpipe.params import FinetuneParams
 from tlpipe.errors import TlpipeError
 from tlpipe.model.classifier import Classifier
 from tlpipe.train import finetune as ft
@@ -35,12 +36,12 @@ def small_model() -> Classifier:
     return Classifier(body, nn.Linear(8, 2), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 
-def cfg(**overrides) -> dict:
-    base = default_params()["finetune"] | {
+def cfg(**overrides) -> FinetuneParams:
+    return section("finetune", {
         "epochs": 3, "freeze_epochs": 0, "strategy": "all", "batch_size": 16, "device": "cpu", "label_smoothing": 0.0,
         "class_balance": "none", "aug_rotation": 0, "aug_jitter": 0.0, "aug_scale_min": 1.0, "channels_last": False,
-        "lr_find_steps": 60, "lr_find_min": 1e-5, "lr_find_max": 1000.0, "layer_decay": 1.0, "weight_decay": 0.0}
-    return base | overrides
+        "lr_find_steps": 60, "lr_find_min": 1e-5, "lr_find_max": 1000.0, "layer_decay": 1.0, "weight_decay": 0.0},
+        **overrides)
 
 
 def mean_loss(model: Classifier, data: ft.Split) -> float:
@@ -73,7 +74,7 @@ def test_the_suggested_rate_lowers_the_loss_and_the_model_is_left_as_it_was():
     lr = suggest(curve)
     # The test climbed until the loss diverged, and the suggestion sits well below that point.
     assert curve.diverged_at is not None and lr < curve.diverged_at / 5
-    assert cfg()["lr_find_min"] <= lr <= cfg()["lr_find_max"]
+    assert cfg().lr_find_min <= lr <= cfg().lr_find_max
     start = mean_loss(model, data)
     assert train_at(model, data, lr) < 0.7 * start
     # ... whereas the rate where the test saw the loss diverge makes training worse than the suggestion.

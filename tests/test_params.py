@@ -1,3 +1,4 @@
+import dataclasses
 import copy
 
 import pytest
@@ -51,7 +52,20 @@ def test_every_param_is_declared_in_dvc_yaml():
     """A key no stage declares would change results without DVC noticing."""
     pipeline = yaml.safe_load((REPO / "dvc.yaml").read_text())
     declared = {key for stage in pipeline["stages"].values() for key in stage.get("params", [])}
-    not_declared = {f"{s}.{k}" for s, keys in params.SCHEMA.items() for k in keys} - declared
+    known = {f"{s}.{k}" for s, keys in params.SCHEMA.items() for k in keys}
+    assert declared <= known, f"dvc.yaml declares params that tlpipe.params does not define: {declared - known}"
+    not_declared = known - declared
     # Worker and process counts and devices change speed, never results (tests/test_distributed.py).
     assert not_declared == {"resize.workers", "features.device", "evaluate.device", "features.processes",
                             "finetune.processes", "evaluate.processes"}
+
+
+def test_params_are_one_frozen_typed_object_per_section_in_params_yaml_order():
+    shipped = default_params()
+    p = params.validate(shipped)
+    assert isinstance(p.finetune, params.FinetuneParams) and p.finetune.epochs == shipped["finetune"]["epochs"]
+    assert p.value("split.seed") == shipped["split"]["seed"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.finetune.lr = 1.0  # a resolved value is a new object: dataclasses.replace
+    assert {name: list(keys) for name, keys in params.SCHEMA.items()} == {name: list(v) for name, v in shipped.items()}
+    assert params.as_dict(p) == shipped

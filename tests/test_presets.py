@@ -25,8 +25,7 @@ def test_every_preset_applies_validates_and_documents_its_sources(name, params_c
     changes = presets.apply(name, params_copy)
     applied = params.load(params_copy)
     for dotted, value in presets.overlay(name).items():
-        section, key = dotted.split(".")
-        assert applied[section][key] == value
+        assert applied.value(dotted) == value
     assert changes
     preset = presets.load(name)
     assert preset["kaggle"] and preset["path_example"].startswith("path:") and preset["published"]

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from conftest import default_params
+from tlpipe import params
 from tlpipe.train import resume
 from tlpipe.train.finetune import FitResult
 from tlpipe.train.resume import Checkpoints, input_key, random_states, restore_random_states
@@ -47,8 +48,8 @@ def test_a_saved_state_reads_back_with_weights_only_and_restores_the_random_stre
 
 
 def test_the_key_changes_with_the_code(monkeypatch):
-    p = default_params()
-    before = input_key(p["finetune"], p, inputs=())
+    p = params.validate(default_params())
+    before = input_key(p.finetune, p, inputs=())
     original = Path.read_bytes
 
     def edited(self):
@@ -56,4 +57,4 @@ def test_the_key_changes_with_the_code(monkeypatch):
         return data + b"\n# edited\n" if self.as_posix().endswith("tlpipe/train/finetune.py") else data
 
     monkeypatch.setattr(Path, "read_bytes", edited)
-    assert resume.code_hash() and input_key(p["finetune"], p, inputs=()) != before
+    assert resume.code_hash() and input_key(p.finetune, p, inputs=()) != before

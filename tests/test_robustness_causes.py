@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import REPO, default_params, make_image_tree, png_bytes, split_cfg
+from conftest import REPO, default_params, make_image_tree, png_bytes, split_cfg, section
 from tlpipe import cli, params
 from tlpipe.atomic import atomic_path, write_json
 from tlpipe.data.cache import load_split
@@ -220,7 +220,7 @@ def test_a_source_beside_the_outputs_is_accepted(tmp_path):
     text = (tmp_path / "params.yaml").read_text().replace("source: sklearn:digits", "source: path:data/source")
     text = text.replace("track: stages/download.py", "track: data/source")
     (tmp_path / "params.yaml").write_text(text)
-    assert params.load(tmp_path / "params.yaml")["data"]["source"] == "path:data/source"
+    assert params.load(tmp_path / "params.yaml").data.source == "path:data/source"
 
 
 # --- labels are text -----------------------------------------------------------------------------
@@ -294,7 +294,7 @@ def test_params_mistakes_are_one_clear_line(tmp_path, edit, message):
 
 def test_yaml_1_2_numbers_are_numbers(tmp_path):
     loaded = params.load(write_params(tmp_path, default_text().replace("lr: 0.001              # peak", "lr: 1e-4  # peak")))
-    assert loaded["finetune"]["lr"] == 1e-4
+    assert loaded.finetune.lr == 1e-4
 
 
 def test_tlpipe_check_refuses_what_a_stage_refuses(tmp_path, capsys):
@@ -434,9 +434,10 @@ def test_read_only_output_folder_is_one_error_line_and_keeps_the_output(tmp_path
 
 def tiny_model_file(path: Path) -> None:
     backbone = create_backbone("efficientnet_lite0", "none")
-    model = ft.build_model(backbone, 2, default_params()["finetune"] | {"head_init": "random"})
+    cfg = section("finetune", head_init="random")
+    model = ft.build_model(backbone, 2, cfg)
     checkpoint = model_checkpoint(model, "efficientnet_lite0", ["a", "b"], {"size": 32, "mode": "squash", "contrast": "none"},
-                                  {}, 0)
+                                  cfg, 0)
     torch.save(checkpoint, path)
 
 
@@ -456,7 +457,7 @@ def test_diverging_mlp_head_writes_nothing():
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(40, 8)).astype(np.float32), np.arange(40) % 2
     x[5, 0] = np.inf  # one bad feature row: the loss of its batch is not finite
-    cfg = default_params()["head"] | {"kind": "mlp", "epochs": 3}
+    cfg = section("head", kind="mlp", epochs=3)
     with pytest.raises(TlpipeError, match="train-head: the MLP's loss became .*nothing was written"):
         train_head(cfg, x, y, x[:10], y[:10], ["a", "b"])
 
@@ -464,8 +465,8 @@ def test_diverging_mlp_head_writes_nothing():
 def test_one_image_last_batch_trains_with_batchnorm_updating():
     torch.manual_seed(0)
     backbone = create_backbone("efficientnet_lite0", "none")
-    cfg = default_params()["finetune"] | {"epochs": 1, "freeze_epochs": 0, "batch_size": 8, "device": "cpu",
-                                          "patience": 0, "bn_policy": "train", "head_init": "random"}
+    cfg = section("finetune", {"epochs": 1, "freeze_epochs": 0, "batch_size": 8, "device": "cpu",
+                               "patience": 0, "bn_policy": "train", "head_init": "random"})
     model = ft.build_model(backbone, 2, cfg)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, size=(17, 32, 32, 3), dtype=np.uint8)  # 8 + 8 + 1

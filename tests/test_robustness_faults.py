@@ -17,7 +17,7 @@ import torch
 import yaml
 from torch import nn
 
-from conftest import REPO, default_params, make_image_tree, split_cfg
+from conftest import REPO, default_params, make_image_tree, split_cfg, section
 from tlpipe import cli, stage
 from tlpipe.model import modelfile
 from tlpipe.train import finetune as ft
@@ -115,7 +115,7 @@ def test_partial_folder_left_by_a_killed_run_is_removed_by_the_next_one(tmp_path
 
 def random_head_model() -> ft.Classifier:
     torch.manual_seed(0)
-    cfg = default_params()["finetune"] | {"head_init": "random"}
+    cfg = section("finetune", head_init="random")
     return ft.build_model(create_backbone("efficientnet_lite0", "none"), 2, cfg)
 
 
@@ -168,7 +168,7 @@ class InfiniteLossAfter(nn.Module):
 def test_infinite_loss_stops_finetune_naming_the_epoch_and_a_lower_rate():
     model = random_head_model()
     model.head = InfiniteLossAfter(model.head, calls=2)  # 16 images in batches of 8: epoch 0 is fine
-    cfg = default_params()["finetune"] | FIT_CFG | {"freeze_epochs": 2}  # a frozen body trains in no time
+    cfg = section("finetune", FIT_CFG, freeze_epochs=2)  # a frozen body trains in no time
     with pytest.raises(TlpipeError, match=r"loss became (inf|nan) at epoch 1, batch 0.*Lower finetune.lr"):
         ft.fit(model, tiny_split(16, 0), tiny_split(8, 1), cfg, 2, torch.device("cpu"), log=lambda _: None,
                decision_metric="balanced_accuracy")

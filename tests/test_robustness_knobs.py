@@ -1,6 +1,7 @@
 """Knobs and inputs that cannot mean anything are refused with one line before any work; inputs
 that mean something unusual (ids with extensions, repeated archive entries) are read as meant."""
 
+from dataclasses import replace
 import io
 import tarfile
 import zipfile
@@ -9,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import default_params, png_bytes, split_cfg
+from conftest import default_params, png_bytes, split_cfg, section
 from tlpipe import params
 from tlpipe.data.raw import RawData
 from tlpipe.data.resize import auto_size
@@ -43,10 +44,10 @@ def test_knobs_that_cannot_mean_anything_are_refused_by_check(changes, said):
 def test_unfreezing_more_blocks_than_the_backbone_has_is_refused_at_the_first_epoch():
     backbone = create_backbone("efficientnet_lite0", "none")
     model = Classifier(backbone.body, torch.nn.Linear(backbone.num_features, 2), backbone.mean, backbone.std)
-    cfg = default_params()["finetune"] | {"strategy": "last_blocks", "unfreeze": 50, "freeze_epochs": 1}
+    cfg = section("finetune", strategy="last_blocks", unfreeze=50, freeze_epochs=1)
     with pytest.raises(TlpipeError, match=r"finetune.unfreeze: 50 last block groups, but this backbone has \d+"):
         trainable_blocks(model, 0, cfg)
-    assert trainable_blocks(model, 0, cfg | {"unfreeze": 2}) == []
+    assert trainable_blocks(model, 0, replace(cfg, unfreeze=2)) == []
 
 
 def test_auto_size_respects_the_backbones_smallest_input():

@@ -4,7 +4,7 @@ order, the bounded samples, and a sharded cache that reads exactly like a single
 import numpy as np
 import pytest
 
-from conftest import make_image_tree, split_cfg
+from conftest import make_image_tree, split_cfg, section
 from tlpipe.data.cache import load_split
 from tlpipe.data.raw import RawData
 from tlpipe.data.resize import build_cache
@@ -144,7 +144,7 @@ def test_sharded_cache_gives_the_same_features_head_and_finetuned_model(two_cach
     import torch
     from torch import nn
 
-    from conftest import default_params
+
     from tlpipe.model.backbones import create_backbone
     from tlpipe.model.classifier import Classifier
     from tlpipe.model.inference import predict_logits
@@ -153,8 +153,8 @@ def test_sharded_cache_gives_the_same_features_head_and_finetuned_model(two_cach
     from tlpipe.train.choose import choose_logreg
 
     cpu = torch.device("cpu")
-    cfg = default_params()["finetune"] | {"epochs": 2, "freeze_epochs": 1, "batch_size": 16, "device": "cpu",
-                                          "patience": 0, "probe_C": 1.0}
+    cfg = section("finetune", {"epochs": 2, "freeze_epochs": 1, "batch_size": 16, "device": "cpu",
+                               "patience": 0, "probe_C": 1.0})
     runs = []
     for cache, sharded in zip(two_caches, (False, True)):
         backbone = create_backbone("efficientnet_lite0", "none")

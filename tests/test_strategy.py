@@ -3,7 +3,7 @@
 import pytest
 from torch import nn
 
-from conftest import default_params
+from conftest import default_params, section
 from tlpipe.errors import TlpipeError
 from tlpipe.model.backbones import block_groups
 from tlpipe.model.classifier import Classifier
@@ -27,7 +27,7 @@ def trained(m: Classifier) -> list[bool]:
 ])
 def test_what_each_strategy_trains_after_the_frozen_epochs(strategy, unfreeze, expected):
     m = model()
-    cfg = default_params()["finetune"] | {"strategy": strategy, "unfreeze": unfreeze, "freeze_epochs": 1}
+    cfg = section("finetune", strategy=strategy, unfreeze=unfreeze, freeze_epochs=1)
     set_trainable(m, 0, cfg)
     assert trained(m) == [False] * 5  # the frozen epochs freeze the body whatever the strategy
     set_trainable(m, 5, cfg)

@@ -17,8 +17,8 @@ def check(args: argparse.Namespace) -> None:
     from tlpipe.data.tracking import preview
 
     loaded = params.load(args.params)
-    print(f"{args.params}: ok (data.source = {loaded['data']['source']}, backbone = {loaded['backbone']['name']})")
-    print("\n".join(preview(loaded["data"], loaded["split"], Path(args.params).parent)))
+    print(f"{args.params}: ok (data.source = {loaded.data.source}, backbone = {loaded.backbone.name})")
+    print("\n".join(preview(loaded.data, loaded.split, Path(args.params).parent)))
 
 
 def source(args: argparse.Namespace) -> None:
@@ -35,12 +35,12 @@ def source(args: argparse.Namespace) -> None:
         raise TlpipeError("tlpipe source: --sha256 goes with a SOURCE (the url: or path: archive it checks).")
     if args.source or args.update:  # setting a source mends a data.track that no longer matches
         changes = (tracking.set_source(args.source, Path(args.params), args.sha256) if args.source
-                   else tracking.update(params.load(args.params)["data"], Path(args.params)))
+                   else tracking.update(params.load(args.params).data, Path(args.params)))
         for key, (old, new) in changes.items():
             print(f"{key}: {old!r} -> {new!r}")
         print(f"{args.params}: {'unchanged' if not changes else 'updated'}; `dvc repro` takes the data in.")
         return
-    print("\n".join(tracking.report(params.load(args.params)["data"], tracking.recorded())))
+    print("\n".join(tracking.report(params.load(args.params).data, tracking.recorded())))
 
 
 def preset(args: argparse.Namespace) -> None:
@@ -114,8 +114,8 @@ def lr_find(args: argparse.Namespace) -> None:
     tune_malloc()
     share_cpu()
     p = params.load(args.params)
-    seed_everything(p["finetune"]["seed"], p["finetune"]["deterministic"])
-    session = prepare(p, pick_device(p["finetune"]["device"]), find_lr=True)
+    seed_everything(p.finetune.seed, p.finetune.deterministic)
+    session = prepare(p, pick_device(p.finetune.device), find_lr=True)
     write_json(args.out, session.lr_curve.rows)
     print(text_chart(session.lr_curve, session.choices["lr_find"]["suggested_lr"]))
     print(f"lr-find: curve of {len(session.lr_curve.rows)} steps -> {args.out} (columns lr, log10_lr, loss, "
@@ -155,7 +155,7 @@ def tune(args: argparse.Namespace) -> None:
     if Path(args.out).is_dir():
         raise TlpipeError(f"tune: --out {args.out} is a folder; give the file to write, e.g. {Path(args.out) / 'tune.json'}.")
     space = parse_space(args.space or [f"{k}={','.join(map(str, v))}" for k, v in DEFAULT_SPACE.items()],
-                        params.load("params.yaml"))
+                        params.as_dict(params.load("params.yaml")))
     points, winner = search(space, args.metric, args.jobs)
     print(table(points, winner, args.metric), end="")
     path = write(points, winner, args.metric, Path(args.out))
@@ -177,7 +177,7 @@ def cv(args: argparse.Namespace) -> None:
     the fold model that did not train on it)."""
     from tlpipe.experiments.cv import aggregate, markdown, run_folds, write
 
-    folds = args.folds or params.load("params.yaml")["split"]["folds"] or 5
+    folds = args.folds or params.load("params.yaml").split.folds or 5
     if Path(args.out).is_file():
         raise TlpipeError(f"cv: --out {args.out} is a file; give a folder to write into, e.g. outputs/cv.")
     names = run_folds(folds, args.jobs)

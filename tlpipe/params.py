@@ -8,9 +8,9 @@ import difflib
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import yaml
 
@@ -54,109 +54,173 @@ BOOL = Spec(bool)
 HIGHER_IS_BETTER = {"val_loss": False, "val_balanced_accuracy": True, "val_accuracy": True,
                     "val_quadratic_kappa": True, "val_decision_metric": True}
 
-SCHEMA: dict[str, dict[str, Spec]] = {
-    "data": {
-        "source": Spec(str),
-        "track": Spec(str),
-        "sha256": Spec(str, nullable=True),
-        "max_archive_gb": POSITIVE,
-        "max_archive_entries": POSITIVE_INT,
-    },
-    "split": {
-        "seed": NON_NEGATIVE_INT,
-        "val_fraction": Spec(NUM, min=0, max=1, min_exclusive=True),
-        "test_fraction": FRACTION,
-        "group_regex": Spec(str, nullable=True, auto=True),
-        "labels_csv": Spec(str, nullable=True),
-        "id_column": Spec(str, nullable=True),
-        "label_column": Spec(str, nullable=True),
-        "group_column": Spec(str, nullable=True),
-        "split_column": Spec(str, nullable=True),
-        "existing_val": Spec(str, choices=("keep", "train")),
-        "existing_test": Spec(str, choices=("keep", "train")),
-        "small_class": Spec(str, choices=("error", "drop")),
-        "cross_split_duplicates": Spec(str, choices=("report", "drop")),
-        "near_duplicate_similarity": Spec(NUM, min=0, max=1, nullable=True),
-        "folds": NON_NEGATIVE_INT,
-        "fold": NON_NEGATIVE_INT,
-    },
-    "resize": {
-        "size": Spec(int, min=1, auto=True),
-        "mode": Spec(str, choices=("squash", "center-crop", "pad")),
-        "contrast": Spec(str, choices=("none", "equalize", "autocontrast")),
-        "workers": NON_NEGATIVE_INT,
-        "max_unreadable_fraction": FRACTION,
-        "shard_mb": POSITIVE,
-    },
-    "backbone": {
-        "name": Spec(str),
-        "weights": Spec(str, choices=("default", "none")),
-    },
-    "features": {
-        "batch_size": POSITIVE_INT,
-        "flip_tta": BOOL,
-        "device": Spec(str, choices=("auto", "cpu", "cuda", "mps")), "processes": Spec(int, min=1, auto=True),
-        "spatial_grid": Spec(int, min=0, max=16),
-    },
-    "head": {
-        "kind": Spec(str, choices=("logreg", "mlp", "attention")),
-        "C": AUTO_OR_POSITIVE,
-        "class_weight": Spec(str, choices=("balanced", "none")),
-        "hidden": Spec((list, int), min=1),
-        "dropout": Spec(NUM, min=0, max=0.95),
-        "epochs": POSITIVE_INT,
-        "lr": POSITIVE,
-        "weight_decay": NON_NEGATIVE,
-        "batch_size": POSITIVE_INT,
-        "seed": NON_NEGATIVE_INT,
-        "max_fit_images": NON_NEGATIVE_INT,
-    },
-    "finetune": {
-        "epochs": NON_NEGATIVE_INT,
-        "freeze_epochs": NON_NEGATIVE_INT,
-        "unfreeze": Spec((str, int), min=1),
-        "batch_size": POSITIVE_INT,
-        "lr": Spec((str, int, float), min=0, min_exclusive=True),
-        "lr_find_steps": Spec(int, min=10),
-        "lr_find_min": POSITIVE,
-        "lr_find_max": POSITIVE,
-        "strategy": Spec(str, choices=("head", "last_blocks", "all", "auto")),
-        "layer_decay": Spec(NUM, min=0, max=1, min_exclusive=True),
-        "weight_decay": NON_NEGATIVE,
-        "label_smoothing": Spec(NUM, min=0, max=0.5),
-        "ema_decay": Spec(NUM, min=0, max=0.9999),
-        "class_balance": Spec(str, choices=("none", "weights", "sampler")),
-        "class_balance_power": FRACTION,
-        "bn_policy": Spec(str, choices=("train", "freeze")),
-        "head": Spec(str, choices=("linear", "attention")),
-        "head_init": Spec(str, choices=("probe", "random")),
-        "probe_C": AUTO_OR_POSITIVE,
-        "probe_max_images": NON_NEGATIVE_INT,
-        "aug_scale_min": Spec(NUM, min=0.05, max=1),
-        "aug_flip": BOOL,
-        "aug_rotation": Spec(NUM, min=0, max=180),
-        "aug_jitter": Spec(NUM, min=0, max=1),
-        "early_stop_metric": Spec(str, choices=tuple(HIGHER_IS_BETTER)),
-        "patience": NON_NEGATIVE_INT,
-        "device": Spec(str, choices=("auto", "cpu", "cuda", "mps")), "processes": Spec(int, min=1, auto=True),
-        "amp": BOOL,
-        "channels_last": BOOL,
-        "deterministic": BOOL,
-        "seed": NON_NEGATIVE_INT,
-    },
-    "report": {
-        "top_losses": POSITIVE_INT,
-        "gradcam_per_class": POSITIVE_INT,
-    },
-    "evaluate": {
-        "decision_metric": Spec(str, choices=("accuracy", "balanced_accuracy", "macro_f1", "quadratic_kappa", "youden")),
-        "batch_size": POSITIVE_INT,
-        "flip_tta": BOOL,
-        "device": Spec(str, choices=("auto", "cpu", "cuda", "mps")), "processes": Spec(int, min=1, auto=True),
-        "confusion_max_rows": NON_NEGATIVE_INT,
-        "prior_shift": BOOL, "ensemble": BOOL,  # opt-in figures next to the plain ones
-    },
-}
+DEVICE = Spec(str, choices=("auto", "cpu", "cuda", "mps"))
+PROCESSES = Spec(int, min=1, auto=True)
+
+
+def key(spec: Spec) -> Any:
+    """A params key: a required field of its section, checked against `spec`."""
+    return field(metadata={"spec": spec})
+
+
+@dataclass(frozen=True)
+class DataParams:
+    source: str = key(Spec(str))
+    track: str = key(Spec(str))
+    sha256: str | None = key(Spec(str, nullable=True))
+    max_archive_gb: float = key(POSITIVE)
+    max_archive_entries: int = key(POSITIVE_INT)
+
+
+@dataclass(frozen=True)
+class SplitParams:
+    seed: int = key(NON_NEGATIVE_INT)
+    val_fraction: float = key(Spec(NUM, min=0, max=1, min_exclusive=True))
+    test_fraction: float = key(FRACTION)
+    group_regex: str | None = key(Spec(str, nullable=True, auto=True))
+    labels_csv: str | None = key(Spec(str, nullable=True))
+    id_column: str | None = key(Spec(str, nullable=True))
+    label_column: str | None = key(Spec(str, nullable=True))
+    group_column: str | None = key(Spec(str, nullable=True))
+    split_column: str | None = key(Spec(str, nullable=True))
+    existing_val: str = key(Spec(str, choices=("keep", "train")))
+    existing_test: str = key(Spec(str, choices=("keep", "train")))
+    small_class: str = key(Spec(str, choices=("error", "drop")))
+    cross_split_duplicates: str = key(Spec(str, choices=("report", "drop")))
+    near_duplicate_similarity: float | None = key(Spec(NUM, min=0, max=1, nullable=True))
+    folds: int = key(NON_NEGATIVE_INT)
+    fold: int = key(NON_NEGATIVE_INT)
+
+
+@dataclass(frozen=True)
+class ResizeParams:
+    size: int | str = key(Spec(int, min=1, auto=True))
+    mode: str = key(Spec(str, choices=("squash", "center-crop", "pad")))
+    contrast: str = key(Spec(str, choices=("none", "equalize", "autocontrast")))
+    workers: int = key(NON_NEGATIVE_INT)
+    max_unreadable_fraction: float = key(FRACTION)
+    shard_mb: float = key(POSITIVE)
+
+
+@dataclass(frozen=True)
+class BackboneParams:
+    name: str = key(Spec(str))
+    weights: str = key(Spec(str, choices=("default", "none")))
+
+
+@dataclass(frozen=True)
+class FeaturesParams:
+    batch_size: int = key(POSITIVE_INT)
+    flip_tta: bool = key(BOOL)
+    device: str = key(DEVICE)
+    processes: int | str = key(PROCESSES)
+    spatial_grid: int = key(Spec(int, min=0, max=16))
+
+
+@dataclass(frozen=True)
+class HeadParams:
+    kind: str = key(Spec(str, choices=("logreg", "mlp", "attention")))
+    C: float | str = key(AUTO_OR_POSITIVE)
+    class_weight: str = key(Spec(str, choices=("balanced", "none")))
+    hidden: list[int] | int = key(Spec((list, int), min=1))
+    dropout: float = key(Spec(NUM, min=0, max=0.95))
+    epochs: int = key(POSITIVE_INT)
+    lr: float = key(POSITIVE)
+    weight_decay: float = key(NON_NEGATIVE)
+    batch_size: int = key(POSITIVE_INT)
+    seed: int = key(NON_NEGATIVE_INT)
+    max_fit_images: int = key(NON_NEGATIVE_INT)
+
+
+@dataclass(frozen=True)
+class FinetuneParams:
+    epochs: int = key(NON_NEGATIVE_INT)
+    strategy: str = key(Spec(str, choices=("head", "last_blocks", "all", "auto")))
+    freeze_epochs: int = key(NON_NEGATIVE_INT)
+    unfreeze: str | int = key(Spec((str, int), min=1))
+    batch_size: int = key(POSITIVE_INT)
+    lr: float | str = key(Spec((str, int, float), min=0, min_exclusive=True))
+    lr_find_steps: int = key(Spec(int, min=10))
+    lr_find_min: float = key(POSITIVE)
+    lr_find_max: float = key(POSITIVE)
+    layer_decay: float = key(Spec(NUM, min=0, max=1, min_exclusive=True))
+    weight_decay: float = key(NON_NEGATIVE)
+    label_smoothing: float = key(Spec(NUM, min=0, max=0.5))
+    ema_decay: float = key(Spec(NUM, min=0, max=0.9999))
+    class_balance: str = key(Spec(str, choices=("none", "weights", "sampler")))
+    class_balance_power: float = key(FRACTION)
+    bn_policy: str = key(Spec(str, choices=("train", "freeze")))
+    head: str = key(Spec(str, choices=("linear", "attention")))
+    head_init: str = key(Spec(str, choices=("probe", "random")))
+    probe_C: float | str = key(AUTO_OR_POSITIVE)
+    probe_max_images: int = key(NON_NEGATIVE_INT)
+    aug_scale_min: float = key(Spec(NUM, min=0.05, max=1))
+    aug_flip: bool = key(BOOL)
+    aug_rotation: float = key(Spec(NUM, min=0, max=180))
+    aug_jitter: float = key(Spec(NUM, min=0, max=1))
+    early_stop_metric: str = key(Spec(str, choices=tuple(HIGHER_IS_BETTER)))
+    patience: int = key(NON_NEGATIVE_INT)
+    device: str = key(DEVICE)
+    processes: int | str = key(PROCESSES)
+    amp: bool = key(BOOL)
+    channels_last: bool = key(BOOL)
+    deterministic: bool = key(BOOL)
+    seed: int = key(NON_NEGATIVE_INT)
+
+
+@dataclass(frozen=True)
+class ReportParams:
+    top_losses: int = key(POSITIVE_INT)
+    gradcam_per_class: int = key(POSITIVE_INT)
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    decision_metric: str = key(Spec(str, choices=("accuracy", "balanced_accuracy", "macro_f1", "quadratic_kappa",
+                                                   "youden")))
+    batch_size: int = key(POSITIVE_INT)
+    flip_tta: bool = key(BOOL)
+    device: str = key(DEVICE)
+    processes: int | str = key(PROCESSES)
+    confusion_max_rows: int = key(NON_NEGATIVE_INT)
+    prior_shift: bool = key(BOOL)  # opt-in figures next to the plain ones
+    ensemble: bool = key(BOOL)
+
+
+@dataclass(frozen=True)
+class Params:
+    """params.yaml, checked: one frozen object per section (`p.finetune.lr`). A value a stage
+    resolves (lr: auto, C: auto) is a new object (`dataclasses.replace`), never written back."""
+    data: DataParams
+    split: SplitParams
+    resize: ResizeParams
+    backbone: BackboneParams
+    features: FeaturesParams
+    head: HeadParams
+    finetune: FinetuneParams
+    report: ReportParams
+    evaluate: EvaluateParams
+
+    def value(self, key: str) -> Any:
+        """The value of `key`, 'section.name'."""
+        section, _, name = key.partition(".")
+        return getattr(getattr(self, section), name)
+
+
+SECTIONS: dict[str, type] = get_type_hints(Params)
+# section -> key -> Spec, in params.yaml's order: what validation checks and what dvc.yaml must declare
+SCHEMA: dict[str, dict[str, Spec]] = {name: {f.name: f.metadata["spec"] for f in fields(section)}
+                                      for name, section in SECTIONS.items()}
+
+
+def make_section(name: str, values: dict) -> Any:
+    """The typed section `name` of checked `values` (a dict of that section's keys)."""
+    return SECTIONS[name](**values)
+
+
+def as_dict(p: Any) -> dict:
+    """A Params object or one section as plain dicts (for JSON files and checkpoints)."""
+    return asdict(p)
 
 
 def _closest(name: str, options) -> str:
@@ -284,8 +348,9 @@ def _check_track(data: dict) -> None:
                           f"{data['source']!r} is pinned by its name (a Kaggle version) instead. Set it to null.")
 
 
-def validate(params: Any, where: str = "params.yaml") -> dict:
-    """Return `params` if it matches SCHEMA exactly, else raise TlpipeError naming the key."""
+def validate(params: Any, where: str = "params.yaml") -> Params:
+    """`params` (parsed YAML) as a Params object if it matches SCHEMA exactly, else raise
+    TlpipeError naming the key."""
     if not isinstance(params, dict):
         raise TlpipeError(f"{where}: expected a mapping of sections ({', '.join(SCHEMA)}).")
     for section, values in params.items():
@@ -305,10 +370,10 @@ def validate(params: Any, where: str = "params.yaml") -> dict:
                 raise TlpipeError(f"{where}: missing key '{section}.{key}' ({spec.describe()}).")
             _check_value(f"{section}.{key}", params[section][key], spec)
     _check_cross_field(params)
-    return params
+    return Params(**{name: make_section(name, params[name]) for name in SECTIONS})
 
 
-def load(path: str | os.PathLike = "params.yaml") -> dict:
+def load(path: str | os.PathLike = "params.yaml") -> Params:
     path = Path(path)
     if not path.exists():
         raise TlpipeError(f"{path}: not found. Run from the project folder (where dvc.yaml is).")
@@ -321,7 +386,7 @@ def load(path: str | os.PathLike = "params.yaml") -> dict:
     except OSError as error:
         raise TlpipeError(f"{path}: cannot be read ({error.strerror}).") from None
     loaded = validate(parse(text, str(path)), str(path))
-    _refuse_source_inside_outputs(loaded["data"]["source"], path.parent)
+    _refuse_source_inside_outputs(loaded.data.source, path.parent)
     return loaded
 
 

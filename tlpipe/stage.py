@@ -42,8 +42,7 @@ def out_of_memory_message(error: BaseException, script: str) -> str:
     try:
         from tlpipe import params
 
-        section, name = key.split(".")
-        now = params.load()[section][name]
+        now = params.load().value(key)
         advice = f"try {key}: {max(1, now // 2)} (now {now})"
     except TlpipeError:
         advice = f"lower {key}"

@@ -17,6 +17,7 @@ import pandas as pd
 from tlpipe.data.phash import MIN_SIDE, THUMB_SIDE, fingerprint, near_duplicates, too_small
 from tlpipe.data.raw import RawData
 from tlpipe.data.split_report import SplitReport
+from tlpipe.params import SplitParams
 
 
 class Fingerprints:
@@ -145,7 +146,7 @@ def _drop_near_across_shipped(images: pd.DataFrame, near: list[tuple[str, str]],
     return images[~images["path"].isin(dropped)]
 
 
-def handle_duplicates(images: pd.DataFrame, raw: RawData, cfg: dict, report: SplitReport) -> pd.DataFrame:
+def handle_duplicates(images: pd.DataFrame, raw: RawData, cfg: SplitParams, report: SplitReport) -> pd.DataFrame:
     """Find identical image content and decide, per copy, to keep, group or drop it.
 
     - the same file name twice in one split (a nested copy of the tree): one copy is kept;
@@ -156,7 +157,7 @@ def handle_duplicates(images: pd.DataFrame, raw: RawData, cfg: dict, report: Spl
       shipped splits they are reported (metrics/split.json, near_duplicates) or, with
       cross_split_duplicates: drop, dropped from the side we learn from.
     """
-    similarity = cfg["near_duplicate_similarity"]
+    similarity = cfg.near_duplicate_similarity
     paths = images["path"].tolist()
     prints = Fingerprints(len(paths)) if similarity is not None else None
     hashes = _content_hashes(raw, paths, report, prints)
@@ -179,7 +180,7 @@ def handle_duplicates(images: pd.DataFrame, raw: RawData, cfg: dict, report: Spl
             name_key = (other["shipped"], PurePosixPath(other["path"]).name)
             if name_key in kept_names:
                 report.skip(other["path"], f"copy of {first['path']} (same name and content)")
-            elif other["shipped"] != first["shipped"] and cfg["cross_split_duplicates"] == "drop":
+            elif other["shipped"] != first["shipped"] and cfg.cross_split_duplicates == "drop":
                 report.skip(other["path"], f"same image as {first['path']} ({first['shipped']} split)")
             else:
                 keep.append(other.name)
@@ -195,7 +196,7 @@ def handle_duplicates(images: pd.DataFrame, raw: RawData, cfg: dict, report: Spl
     if prints is not None:
         prints.close()
     report.near_duplicate_search_s = round(time.perf_counter() - started, 2)
-    if near and cfg["cross_split_duplicates"] == "drop":
+    if near and cfg.cross_split_duplicates == "drop":
         images = _drop_near_across_shipped(images, near, report)
         kept = set(images["path"])
         near = [(a, b) for a, b in near if a in kept and b in kept]

@@ -8,6 +8,7 @@ is kept; every file left out is listed with the reason.
 import io
 import re
 import sys
+from dataclasses import replace
 from pathlib import PurePosixPath
 
 import numpy as np
@@ -21,6 +22,7 @@ from tlpipe.data.images import is_image_name
 from tlpipe.data.raw import RawData, is_litter
 from tlpipe.data.shards import path_hashes
 from tlpipe.data.split_report import SplitReport
+from tlpipe.params import SplitParams
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "test": "test", "testing": "test",
                  "val": "val", "valid": "val", "validation": "val"}
@@ -48,8 +50,8 @@ def resolve_labels_csv(raw: RawData, name: str) -> str:
     return matches[0] if matches else name
 
 
-def _read_labels_csv(raw: RawData, cfg: dict) -> pd.DataFrame:
-    csv_path = cfg["labels_csv"]
+def _read_labels_csv(raw: RawData, cfg: SplitParams) -> pd.DataFrame:
+    csv_path = cfg.labels_csv
     (_, content), = raw.iter_bytes([csv_path])
     if isinstance(content, Exception):
         raise TlpipeError(f"split.labels_csv: cannot read '{csv_path}' in the raw data ({content}). "
@@ -60,7 +62,7 @@ def _read_labels_csv(raw: RawData, cfg: dict) -> pd.DataFrame:
         raise TlpipeError(f"split.labels_csv: '{csv_path}' is not a readable UTF-8 CSV file ({error}). "
                           "Save it as CSV in UTF-8, with a header row.") from None
     for key in ("id_column", "label_column", "group_column", "split_column"):
-        column = cfg[key]
+        column = getattr(cfg, key)
         if key in ("id_column", "label_column") and column is None:
             raise TlpipeError(f"split.{key}: required when split.labels_csv is set.")
         if column is not None and column not in table.columns:
@@ -68,17 +70,17 @@ def _read_labels_csv(raw: RawData, cfg: dict) -> pd.DataFrame:
                               f"(columns: {', '.join(table.columns)}).")
     # an id may carry the file's extension or folder (ISIC_0024306.jpg, images/ISIC_0024306.jpg):
     # images are matched by their name without extension either way
-    ids = table[cfg["id_column"]].map(lambda v: PurePosixPath(v.strip()).stem if is_image_name(v.strip()) else v.strip())
+    ids = table[cfg.id_column].map(lambda v: PurePosixPath(v.strip()).stem if is_image_name(v.strip()) else v.strip())
     if ids.duplicated().any():
-        dup = table[cfg["id_column"]][ids.duplicated()].iloc[0]
-        raise TlpipeError(f"{csv_path}: id '{dup}' appears twice in column '{cfg['id_column']}'.")
+        dup = table[cfg.id_column][ids.duplicated()].iloc[0]
+        raise TlpipeError(f"{csv_path}: id '{dup}' appears twice in column '{cfg.id_column}'.")
     return table.set_index(ids)
 
 
-def _group_pattern(paths: list[str], labels: list[str], groups: list, cfg: dict, report: SplitReport) -> str | None:
+def _group_pattern(paths: list[str], labels: list[str], groups: list, cfg: SplitParams, report: SplitReport) -> str | None:
     """The regex that finds each image's subject in its file name: split.group_regex, or with
     `auto` the key the names carry (tlpipe.data.group_keys), or none. Recorded in the report."""
-    setting = cfg["group_regex"]
+    setting = cfg.group_regex
     if setting != "auto":
         report.group_key = {"mode": "regex" if setting else "off", "regex": setting}
         return setting
@@ -92,20 +94,20 @@ def _group_pattern(paths: list[str], labels: list[str], groups: list, cfg: dict,
     return found.regex
 
 
-def list_images(raw: RawData, cfg: dict, report: SplitReport, entries: list | None = None) -> pd.DataFrame:
+def list_images(raw: RawData, cfg: SplitParams, report: SplitReport, entries: list | None = None) -> pd.DataFrame:
     """One row per image file (of `entries`, default all of `raw`): path, label, shipped split (or None), group."""
     entries = raw.entries() if entries is None else entries
     for rejected in raw.rejected:
         report.skip(rejected.path, rejected.reason)
     report.empty_folders = list(raw.empty_folders)
-    if cfg["labels_csv"]:
-        cfg = cfg | {"labels_csv": resolve_labels_csv(raw, cfg["labels_csv"])}
-    table = _read_labels_csv(raw, cfg) if cfg["labels_csv"] else None
+    if cfg.labels_csv:
+        cfg = replace(cfg, labels_csv=resolve_labels_csv(raw, cfg.labels_csv))
+    table = _read_labels_csv(raw, cfg) if cfg.labels_csv else None
     # one list per column, each label string shared: a million rows hold little more than their paths
     paths, labels, shipped_splits, groups, seen_ids, label_strings = [], [], [], [], set(), {}
     for entry in entries:
         path = PurePosixPath(entry.path)
-        if entry.path == cfg["labels_csv"]:
+        if entry.path == cfg.labels_csv:
             continue
         if is_litter(entry.path):
             report.skip(entry.path, "hidden or system file")
@@ -116,20 +118,20 @@ def list_images(raw: RawData, cfg: dict, report: SplitReport, entries: list | No
         shipped, group = _shipped_split(entry.path), None
         if table is not None:
             if path.stem not in table.index:
-                report.skip(entry.path, f"no label for id '{path.stem}' in {cfg['labels_csv']}")
+                report.skip(entry.path, f"no label for id '{path.stem}' in {cfg.labels_csv}")
                 continue
             seen_ids.add(path.stem)
             record = table.loc[path.stem]
-            label = record[cfg["label_column"]].strip()
+            label = record[cfg.label_column].strip()
             if not label:
-                report.skip(entry.path, f"empty label in column '{cfg['label_column']}' of {cfg['labels_csv']}")
+                report.skip(entry.path, f"empty label in column '{cfg.label_column}' of {cfg.labels_csv}")
                 continue
-            if cfg["group_column"]:
-                group = record[cfg["group_column"]] or None
-            if cfg["split_column"]:
-                value = record[cfg["split_column"]].lower()
+            if cfg.group_column:
+                group = record[cfg.group_column] or None
+            if cfg.split_column:
+                value = record[cfg.split_column].lower()
                 if value not in SPLIT_ALIASES:
-                    raise TlpipeError(f"{cfg['labels_csv']}: split value '{value}' for '{path.stem}' "
+                    raise TlpipeError(f"{cfg.labels_csv}: split value '{value}' for '{path.stem}' "
                                       "must be train, val or test.")
                 shipped = SPLIT_ALIASES[value]
         else:
@@ -155,7 +157,7 @@ def list_images(raw: RawData, cfg: dict, report: SplitReport, entries: list | No
             groups[row] = path
     if group_regex is not None and paths and report.ungrouped_files == len(paths):
         examples = ", ".join(PurePosixPath(path).name for path in paths[:3])
-        raise TlpipeError(f"split.group_regex {cfg['group_regex']!r} matches none of the {len(paths)} file names "
+        raise TlpipeError(f"split.group_regex {cfg.group_regex!r} matches none of the {len(paths)} file names "
                           f"(e.g. {examples}), so nothing would be grouped by patient. Fix the regex (it is "
                           "searched in the file name, not the path), or set it to null.")
     if report.ungrouped_files:
@@ -237,28 +239,28 @@ def carvable_groups(images: pd.DataFrame, fraction: float, report: SplitReport) 
     return groups
 
 
-def assign_splits(images: pd.DataFrame, cfg: dict, report: SplitReport) -> pd.Series:
+def assign_splits(images: pd.DataFrame, cfg: SplitParams, report: SplitReport) -> pd.Series:
     split = images["shipped"].copy()
-    if cfg["existing_val"] == "train":
+    if cfg.existing_val == "train":
         split[split == "val"] = "train"
     pool = split.isna() | (split == "train")
-    if not (split == "test").any() and cfg["test_fraction"] > 0:
-        groups = carvable_groups(images[pool], cfg["test_fraction"], report)
-        mask = carve(images["label"][pool].to_numpy(), groups, cfg["test_fraction"], cfg["seed"])
+    if not (split == "test").any() and cfg.test_fraction > 0:
+        groups = carvable_groups(images[pool], cfg.test_fraction, report)
+        mask = carve(images["label"][pool].to_numpy(), groups, cfg.test_fraction, cfg.seed)
         split[pool[pool].index[mask]] = "test"
         pool &= split != "test"
-        val_share = cfg["val_fraction"] / (1 - cfg["test_fraction"])
+        val_share = cfg.val_fraction / (1 - cfg.test_fraction)
     else:
-        val_share = cfg["val_fraction"]
-    if cfg["folds"] >= 2:  # cross-validation: the validation split is one of k folds of what is left
+        val_share = cfg.val_fraction
+    if cfg.folds >= 2:  # cross-validation: the validation split is one of k folds of what is left
         pool |= split == "val"
-        groups = carvable_groups(images[pool], 1 / cfg["folds"], report)
-        folds = assign_folds(images["label"][pool].to_numpy(), groups, cfg["folds"], cfg["seed"] + 1)
-        split[pool] = np.where(folds == cfg["fold"], "val", "train")
-        report.fold = {"index": cfg["fold"], "of": cfg["folds"]}
+        groups = carvable_groups(images[pool], 1 / cfg.folds, report)
+        folds = assign_folds(images["label"][pool].to_numpy(), groups, cfg.folds, cfg.seed + 1)
+        split[pool] = np.where(folds == cfg.fold, "val", "train")
+        report.fold = {"index": cfg.fold, "of": cfg.folds}
     elif not (split == "val").any():
         groups = carvable_groups(images[pool], min(val_share, 0.5), report)
-        mask = carve(images["label"][pool].to_numpy(), groups, min(val_share, 0.5), cfg["seed"] + 1)
+        mask = carve(images["label"][pool].to_numpy(), groups, min(val_share, 0.5), cfg.seed + 1)
         split[pool[pool].index[mask]] = "val"
     split[split.isna()] = "train"
     if not (split == "train").any():
@@ -277,19 +279,19 @@ def _too_small_classes(table: pd.DataFrame) -> dict[str, dict[str, int]]:
     return {label: {s: int(n) for s, n in row.items()} for label, row in small.iterrows()}
 
 
-def build_split(raw: RawData, cfg: dict) -> tuple[pd.DataFrame, SplitReport]:
+def build_split(raw: RawData, cfg: SplitParams) -> tuple[pd.DataFrame, SplitReport]:
     report = SplitReport()
     images = list_images(raw, cfg, report)
     if images.empty:
         raise TlpipeError(f"{raw.root}: no image files found ({len(report.skipped)} other files skipped). "
                           "Expect class folders of images, e.g. data/cats/001.jpg.")
-    if cfg["existing_test"] == "train":  # carve a test split of our own, by groups, from everything
+    if cfg.existing_test == "train":  # carve a test split of our own, by groups, from everything
         images.loc[images["shipped"] == "test", "shipped"] = "train"
     images = handle_duplicates(images, raw, cfg, report)
     images["split"] = assign_splits(images, cfg, report)
     table = images[COLUMNS]
     small = _too_small_classes(table)
-    if small and cfg["small_class"] == "error":
+    if small and cfg.small_class == "error":
         detail = "; ".join(f"'{label}' {counts}" for label, counts in small.items())
         raise TlpipeError(f"split: classes too small to appear in every split: {detail}. Add images, "
                           "or set split.small_class: drop to leave them out (they are then reported).")

@@ -7,11 +7,13 @@ is pinned by its version in `data.source`; a newer one is taken only by `tlpipe 
 """
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from tlpipe import params
 from tlpipe.data.identity import RECORD
 from tlpipe.errors import TlpipeError
+from tlpipe.params import DataParams, SplitParams
 from tlpipe.params_edit import merge_values
 
 
@@ -50,18 +52,18 @@ def recorded(record: Path = RECORD) -> dict | None:
         return None
 
 
-def report(data: dict, record: dict | None) -> list[str]:
+def report(data: DataParams, record: dict | None) -> list[str]:
     """What the project points at, what the last run used, and whether newer data waits upstream."""
-    watched = ("nothing on disk to watch: data.source names the data" if data["track"] == params.NOTHING_TO_TRACK
+    watched = ("nothing on disk to watch: data.source names the data" if data.track == params.NOTHING_TO_TRACK
                else "DVC hashes it: `dvc status download`")
-    lines = [f"data.source: {data['source']}", f"data.track:  {data['track']} ({watched})"]
+    lines = [f"data.source: {data.source}", f"data.track:  {data.track} ({watched})"]
     if record is None:
         lines.append(f"{RECORD}: none yet; `dvc repro download` writes it.")
     else:
         used = ", ".join(f"{key} {value}" for key, value in record.items() if key != "source")
-        same = "" if record.get("source") == data["source"] else f" (from {record.get('source')}, not data.source)"
+        same = "" if record.get("source") == data.source else f" (from {record.get('source')}, not data.source)"
         lines.append(f"last run used{same}: {used}")
-    kind, _, where = data["source"].partition(":")
+    kind, _, where = data.source.partition(":")
     if kind == "kaggle" and not where.startswith("c/"):
         pinned = _kaggle().named_version(where) or (record or {}).get("kaggle_version")
         newest = _kaggle().newest_version(where)
@@ -75,16 +77,16 @@ def report(data: dict, record: dict | None) -> list[str]:
     return lines
 
 
-def update(data: dict, params_path: Path) -> dict[str, tuple]:
+def update(data: DataParams, params_path: Path) -> dict[str, tuple]:
     """Pin the newest Kaggle version; other sources have nothing to pin."""
-    kind, _, where = data["source"].partition(":")
+    kind, _, where = data.source.partition(":")
     if kind != "kaggle" or where.startswith("c/"):
-        raise TlpipeError(f"tlpipe source --update: data.source {data['source']} has no versions to update; "
+        raise TlpipeError(f"tlpipe source --update: data.source {data.source} has no versions to update; "
                           "`dvc repro` takes in what changed at the source.")
     return set_source(f"kaggle:{_kaggle().unversioned(where)}", params_path)
 
 
-def preview(data: dict, split_cfg: dict, project: Path = Path(".")) -> list[str]:
+def preview(data: DataParams, split_cfg: SplitParams, project: Path = Path(".")) -> list[str]:
     """What `dvc repro` would find at a path: source, without copying or decoding anything: the
     classes and their images, the files left out, and the split it would carve (before copies and
     near-duplicates are grouped). Other sources are fetched by the download stage."""
@@ -92,19 +94,19 @@ def preview(data: dict, split_cfg: dict, project: Path = Path(".")) -> list[str]
     from tlpipe.data.split import assign_splits, list_images
     from tlpipe.data.split_report import SplitReport
 
-    kind, _, where = data["source"].partition(":")
+    kind, _, where = data.source.partition(":")
     if kind != "path":
-        return [f"data.source {data['source']}: fetched by `dvc repro download`; not looked at here."]
+        return [f"data.source {data.source}: fetched by `dvc repro download`; not looked at here."]
     src = (project / Path(where.strip()).expanduser()).resolve()
     if not src.exists():
-        raise TlpipeError(f"data.source {data['source']}: {src} does not exist. Give an image folder or an archive "
+        raise TlpipeError(f"data.source {data.source}: {src} does not exist. Give an image folder or an archive "
                           "(`tlpipe source path:FOLDER`).")
     if src.is_file() and not is_archive(src.name):
-        raise TlpipeError(f"data.source {data['source']}: {src} is a file but not a .zip or .tar archive.")
+        raise TlpipeError(f"data.source {data.source}: {src} is a file but not a .zip or .tar archive.")
     raw, entries = archive_members(src) if src.is_file() else (RawData(src), None)
     report = SplitReport()
-    images = list_images(raw, split_cfg | {"labels_csv": None}, report, entries)
-    if split_cfg["labels_csv"]:
+    images = list_images(raw, replace(split_cfg, labels_csv=None), report, entries)
+    if split_cfg.labels_csv:
         return [f"source {src}: {len(images)} image files; labels come from split.labels_csv, which "
                 "`dvc repro split` reads."]
     counts = images["label"].value_counts().sort_index()
@@ -118,7 +120,7 @@ def preview(data: dict, split_cfg: dict, project: Path = Path(".")) -> list[str]
         lines.append(f"  empty folders, not classes: {', '.join(raw.empty_folders[:5])}")
     if len(counts) < 2:
         empty = f"; empty folders: {', '.join(raw.empty_folders[:5])}" if raw.empty_folders else ""
-        raise TlpipeError(f"data.source {data['source']}: found {len(counts)} class(es) with images "
+        raise TlpipeError(f"data.source {data.source}: found {len(counts)} class(es) with images "
                           f"({', '.join(counts.index) or 'none'}{empty}); a classifier needs at least 2. Put each "
                           "class's images in a folder named after the class: FOLDER/CLASS/image.jpg.")
     split = assign_splits(images, split_cfg, report).value_counts()

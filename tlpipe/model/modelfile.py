@@ -5,6 +5,7 @@ carry everything inference needs: classes, head architecture, preprocessing, the
 import os
 import pickle
 import zipfile
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -13,6 +14,7 @@ from torch import nn
 from tlpipe.errors import TlpipeError
 from tlpipe.model.backbones import create_backbone
 from tlpipe.model.classifier import AttentionHead, Classifier, make_head
+from tlpipe.params import FinetuneParams
 
 MODEL_FORMAT = "tlpipe.model/2"  # /2: the decision rule (per-class offsets) replaced the binary threshold
 HEAD_FORMAT = "tlpipe.head/2"
@@ -47,7 +49,7 @@ def head_checkpoint(head: nn.Module, classes: list[str], rule: dict | None = Non
 
 
 def model_checkpoint(model: Classifier, backbone_name: str, classes: list[str], preprocess: dict,
-                     cfg: dict, best_epoch: int, rule: dict | None = None) -> dict:
+                     cfg: FinetuneParams, best_epoch: int, rule: dict | None = None) -> dict:
     """`preprocess` is how the resize stage turned files into arrays (size, mode, contrast);
     `rule` the decision rule fitted on validation (tlpipe.model.decision; None: argmax)."""
     return {
@@ -59,7 +61,7 @@ def model_checkpoint(model: Classifier, backbone_name: str, classes: list[str], 
         "preprocess": dict(preprocess),
         "mean": [float(v) for v in model.normalize.mean.flatten()],
         "std": [float(v) for v in model.normalize.std.flatten()],
-        "params": dict(cfg),
+        "params": asdict(cfg),
         "best_epoch": best_epoch,
         "rule": rule,
         "state_dict": _tensors(model),

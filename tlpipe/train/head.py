@@ -24,6 +24,7 @@ from tlpipe.model.inference import feature_probabilities
 from tlpipe.model.modelfile import head_checkpoint
 from tlpipe.train.choose import choose_logreg
 from tlpipe.train.step import NonFiniteLoss, batch_rows, step
+from tlpipe.params import HeadParams
 
 
 def class_weights(labels: np.ndarray, num_classes: int, power: float = 1.0) -> np.ndarray:
@@ -41,38 +42,38 @@ def hidden_units(hidden: int | list[int]) -> list[int]:
     return [hidden] if isinstance(hidden, int) else list(hidden)
 
 
-def _torch_head(cfg: dict, x: np.ndarray, num_classes: int) -> nn.Module:
-    torch.manual_seed(cfg["seed"])
-    if cfg["kind"] == "attention":
+def _torch_head(cfg: HeadParams, x: np.ndarray, num_classes: int) -> nn.Module:
+    torch.manual_seed(cfg.seed)
+    if cfg.kind == "attention":
         if x.ndim != 4:
             raise TlpipeError("train-head: head.kind attention needs feature maps (N, C, g, g); set "
                               "features.spatial_grid > 0 and run `dvc repro`.")
-        return AttentionHead(x.shape[1], num_classes, hidden_units(cfg["hidden"]), cfg["dropout"])
-    return make_head(x.shape[1], num_classes, hidden_units(cfg["hidden"]), cfg["dropout"])
+        return AttentionHead(x.shape[1], num_classes, hidden_units(cfg.hidden), cfg.dropout)
+    return make_head(x.shape[1], num_classes, hidden_units(cfg.hidden), cfg.dropout)
 
 
-def _fit_torch_head(cfg: dict, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+def _fit_torch_head(cfg: HeadParams, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
                     num_classes: int) -> tuple[nn.Module, list[dict]]:
     """An MLP on features, or attention pooling + a head on feature maps, by AdamW; the epoch of the
     lowest validation loss is kept."""
     head = _torch_head(cfg, x, num_classes)
-    weight = torch.tensor(class_weights(y, num_classes), dtype=torch.float32) if cfg["class_weight"] == "balanced" else None
+    weight = torch.tensor(class_weights(y, num_classes), dtype=torch.float32) if cfg.class_weight == "balanced" else None
     loss_fn = nn.CrossEntropyLoss(weight=weight)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     # float16 feature maps are widened to float32 here, once: a few hundred MB at most for CI-sized sets
     xt, yt = torch.from_numpy(np.array(x, dtype=np.float32)), torch.from_numpy(y).long()
     xv, yv = torch.from_numpy(np.array(x_val, dtype=np.float32)), torch.from_numpy(y_val).long()
     curve, best, best_loss = [], None, float("inf")
-    for epoch in range(cfg["epochs"]):
+    for epoch in range(cfg.epochs):
         head.train()
         total = 0.0
-        for rows in batch_rows(y, cfg["seed"], epoch, cfg["batch_size"]):
+        for rows in batch_rows(y, cfg.seed, epoch, cfg.batch_size):
             idx = torch.from_numpy(rows)
             try:
                 loss = step(head, xt[idx], yt[idx], loss_fn, optimizer)
             except NonFiniteLoss as bad:
                 raise TlpipeError(f"train-head: the MLP's loss became {bad.value} at epoch {epoch}; nothing was "
-                                  f"written. Lower head.lr (now {cfg['lr']}) or raise head.weight_decay.") from None
+                                  f"written. Lower head.lr (now {cfg.lr}) or raise head.weight_decay.") from None
             total += loss.item() * len(idx)
         head.eval()
         with torch.no_grad():
@@ -86,7 +87,7 @@ def _fit_torch_head(cfg: dict, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, 
     return head, curve
 
 
-def train_head(cfg: dict, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+def train_head(cfg: HeadParams, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
                classes: list[str], decision_metric: str = "balanced_accuracy",
                val_groups: np.ndarray | None = None) -> tuple[dict, dict, list[dict]]:
     """Return (head checkpoint dict, metrics, per-epoch curve); the checkpoint's decision rule is
@@ -96,9 +97,9 @@ def train_head(cfg: dict, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val
     num_classes = len(classes)
     curve: list[dict] = []
     chosen: dict = {}
-    if cfg["kind"] == "logreg":
-        head, chosen = choose_logreg(x, y, x_val, y_val, num_classes, cfg["C"], cfg["class_weight"] == "balanced",
-                                     cfg["seed"])
+    if cfg.kind == "logreg":
+        head, chosen = choose_logreg(x, y, x_val, y_val, num_classes, cfg.C, cfg.class_weight == "balanced",
+                                     cfg.seed)
         # no epochs: the curve is the C search, x = log10 C (dvc.yaml's train_head_loss plot)
         curve = [{"step": round(math.log10(row["C"]), 3), "train_loss": row["train_loss"], "val_loss": row["val_loss"]}
                  for row in chosen["C_path"]]
@@ -107,7 +108,7 @@ def train_head(cfg: dict, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val
         head, curve = _fit_torch_head(cfg, x, y, x_val, y_val, num_classes)
     probs = {"train": feature_probabilities(head, x), "val": feature_probabilities(head, x_val)}
     rule = fit_rule(y_val, probs["val"], decision_metric, y, groups=val_groups)
-    checkpoint = head_checkpoint(head, classes, rule=rule, kind=cfg["kind"])
+    checkpoint = head_checkpoint(head, classes, rule=rule, kind=cfg.kind)
     metrics: dict = ({"chosen_on_val": chosen} if chosen else {}) | {"rule": rule_summary(rule, classes)}
     for split, labels in {"train": y, "val": y_val}.items():
         metrics[split] = {"accuracy": float(accuracy_score(labels, probs[split].argmax(1))),

@@ -22,6 +22,7 @@ from tlpipe.model.classifier import Classifier
 from tlpipe.runtime import to_float_images
 from tlpipe.train.augment import Augment
 from tlpipe.train.step import NonFiniteLoss, batch_rows, step
+from tlpipe.params import FinetuneParams
 
 SMOOTHING = 0.05       # weight of the newest loss in the exponential moving average (bias-corrected)
 DIVERGENCE = 4.0       # stop once the smoothed loss exceeds this many times its minimum
@@ -52,7 +53,7 @@ def _batches(labels: np.ndarray, seed: int, batch_size: int, balanced: bool):
 
 
 def range_test(model: Classifier, images: np.ndarray, labels: np.ndarray, groups: list[dict], loss_fn: nn.Module,
-               augment: Augment, cfg: dict, device: torch.device) -> LrCurve:
+               augment: Augment, cfg: FinetuneParams, device: torch.device) -> LrCurve:
     """Run the range test on `model` (already set trainable as the training will be) and restore it.
 
     `groups` are the optimizer's param groups with their rates relative to the head's (layer decay);
@@ -60,19 +61,19 @@ def range_test(model: Classifier, images: np.ndarray, labels: np.ndarray, groups
     """
     saved = copy.deepcopy(model.state_dict())
     relative = [g["lr"] / groups[0]["lr"] for g in groups]
-    optimizer = torch.optim.AdamW([dict(g) for g in groups], weight_decay=cfg["weight_decay"])
-    generator = torch.Generator().manual_seed(cfg["seed"])
+    optimizer = torch.optim.AdamW([dict(g) for g in groups], weight_decay=cfg.weight_decay)
+    generator = torch.Generator().manual_seed(cfg.seed)
     curve, average, best = LrCurve(), 0.0, math.inf
     try:
-        batches = _batches(np.asarray(labels), cfg["seed"], cfg["batch_size"], cfg["class_balance"] == "sampler")
-        for at, lr in enumerate(rates(cfg["lr_find_min"], cfg["lr_find_max"], cfg["lr_find_steps"])):
+        batches = _batches(np.asarray(labels), cfg.seed, cfg.batch_size, cfg.class_balance == "sampler")
+        for at, lr in enumerate(rates(cfg.lr_find_min, cfg.lr_find_max, cfg.lr_find_steps)):
             for group, factor in zip(optimizer.param_groups, relative):
                 group["lr"] = lr * factor
             idx = next(batches)
-            x = augment(to_float_images(images[idx], device, cfg["channels_last"]), generator)
+            x = augment(to_float_images(images[idx], device, cfg.channels_last), generator)
             y = torch.from_numpy(np.asarray(labels[idx])).to(device)
             try:
-                value = step(model, x, y, loss_fn, optimizer, device, cfg["amp"]).item()
+                value = step(model, x, y, loss_fn, optimizer, device, cfg.amp).item()
             except NonFiniteLoss:
                 curve.diverged_at = float(lr)
                 break

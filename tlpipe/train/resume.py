@@ -24,15 +24,17 @@ import numpy as np
 import torch
 
 from tlpipe.atomic import atomic_path
+from tlpipe.params import FinetuneParams, Params
 
 RESUME_FILE = Path(".tlpipe/resume/finetune.pt")
 NOT_IN_KEY = ("processes", "device")   # they change speed, not the model
 
 
-def input_key(cfg: dict, p: dict, inputs=("data/cache", "data/features")) -> str:
+def input_key(cfg: FinetuneParams, p: Params, inputs=("data/cache", "data/features")) -> str:
     """What the checkpoint must match: settings and input files (see the module's docstring)."""
-    settings = {"finetune": {k: v for k, v in cfg.items() if k not in NOT_IN_KEY}, "backbone": p["backbone"],
-                "decision_metric": p["evaluate"]["decision_metric"]}
+    settings = {"finetune": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_IN_KEY},
+                "backbone": dataclasses.asdict(p.backbone),
+                "decision_metric": p.evaluate.decision_metric}
     files = []
     for root in inputs:
         for path in sorted(Path(root).rglob("*")):

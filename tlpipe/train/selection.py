@@ -49,7 +49,7 @@ def is_better(metric: str, value: float, best: float | None) -> bool:
 
 @dataclass
 class EarlyStopping:
-    """The running choice of epoch on `metric` (`cfg['early_stop_metric']`). `patience` epochs without
+    """The running choice of epoch on `metric` (`cfg.early_stop_metric`). `patience` epochs without
     a better value, counted from epoch `first_counted` on, stop training (0: never)."""
     metric: str
     patience: int

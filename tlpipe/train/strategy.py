@@ -15,6 +15,7 @@ from tlpipe.errors import TlpipeError
 
 from tlpipe.model.backbones import block_groups
 from tlpipe.model.classifier import Classifier
+from tlpipe.params import FinetuneParams
 
 STRATEGIES = ("head", "last_blocks", "all", "auto")
 SMALL_SET = 1000      # training images: below this a full fine-tune overfits easily
@@ -42,19 +43,19 @@ def choose(strategy: str, n_train: int, probe_val_score: float | None) -> tuple[
     return "last_blocks", f"{facts}: a mid-sized set ({SMALL_SET}..{LARGE_SET}) whose features fit fairly"
 
 
-def trainable_blocks(model: Classifier, epoch: int, cfg: dict) -> list[nn.Module]:
-    """The block groups of the body that train in `epoch` under cfg['strategy'] (already chosen)."""
+def trainable_blocks(model: Classifier, epoch: int, cfg: FinetuneParams) -> list[nn.Module]:
+    """The block groups of the body that train in `epoch` under cfg.strategy (already chosen)."""
     blocks = block_groups(model.body)
-    last = cfg["strategy"] == "last_blocks" and cfg["unfreeze"] != "all"
-    if last and int(cfg["unfreeze"]) > len(blocks):  # checked from the first epoch on, frozen or not
-        raise TlpipeError(f"finetune.unfreeze: {cfg['unfreeze']} last block groups, but this backbone has "
+    last = cfg.strategy == "last_blocks" and cfg.unfreeze != "all"
+    if last and int(cfg.unfreeze) > len(blocks):  # checked from the first epoch on, frozen or not
+        raise TlpipeError(f"finetune.unfreeze: {cfg.unfreeze} last block groups, but this backbone has "
                           f"{len(blocks)}; set at most {len(blocks)}, or finetune.strategy: all.")
-    if cfg["strategy"] == "head" or epoch < cfg["freeze_epochs"]:
+    if cfg.strategy == "head" or epoch < cfg.freeze_epochs:
         return []
-    return blocks[-int(cfg["unfreeze"]):] if last else blocks
+    return blocks[-int(cfg.unfreeze):] if last else blocks
 
 
-def set_trainable(model: Classifier, epoch: int, cfg: dict) -> None:
+def set_trainable(model: Classifier, epoch: int, cfg: FinetuneParams) -> None:
     """Freeze the body but the blocks this epoch trains, and set BatchNorm by `bn_policy`.
 
     `freeze` keeps every BatchNorm layer on its stored statistics (its scale and shift still
@@ -67,7 +68,7 @@ def set_trainable(model: Classifier, epoch: int, cfg: dict) -> None:
     for block in train_blocks:
         block.requires_grad_(True)
     model.train()
-    updating = {id(m) for block in train_blocks for m in block.modules()} if cfg["bn_policy"] == "train" else set()
+    updating = {id(m) for block in train_blocks for m in block.modules()} if cfg.bn_policy == "train" else set()
     for module in model.body.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and id(module) not in updating:
             module.eval()
