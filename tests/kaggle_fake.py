@@ -15,7 +15,9 @@ DOWNLOAD_CALLS = ("datasets.DatasetApiService/DownloadDataset", "competitions.Co
 
 
 class FakeKaggle:
-    """mode: "ok", 401, 403, 404, or "drop" (the file's body stops half way and the connection closes).
+    """mode: "ok", 401, 403, 404, "drop" (the file's body stops half way and the connection closes),
+    "silent" (the API call is never answered) or "stall" (the file's body stops half way, the
+    connection left open); what waits is let go on exit.
 
     `versions` holds each version's archive; the newest is the data set's current version (what
     GetDataset reports and an unversioned download gets). Publish a new one with `versions[n] = ...`."""
@@ -24,6 +26,7 @@ class FakeKaggle:
         self.versions = {1: archive}
         self.mode = "ok"
         self.requests: list[dict] = []
+        self.let_go = threading.Event()
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
 
@@ -36,6 +39,7 @@ class FakeKaggle:
         return self
 
     def __exit__(self, *exc):
+        self.let_go.set()
         self._server.shutdown()
         self._server.server_close()
 
@@ -49,6 +53,9 @@ def _handler(fake: FakeKaggle):
                 return self._json(404, {"code": 404, "message": f"no such call {self.path}"})
             if isinstance(fake.mode, int):
                 return self._json(fake.mode, {"code": fake.mode, "message": f"fake Kaggle says {fake.mode}"})
+            if fake.mode == "silent":
+                fake.let_go.wait(60)
+                return None
             if self.path.endswith(METADATA_CALL):
                 return self._json(200, {"currentVersionNumber": max(fake.versions)})
             version = (json.loads(body or b"{}").get("datasetVersionNumber") or max(fake.versions))
@@ -66,9 +73,11 @@ def _handler(fake: FakeKaggle):
             self.send_header("Content-Type", "application/zip")
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
-            if fake.mode == "drop":
+            if fake.mode in ("drop", "stall"):
                 self.wfile.write(payload[: len(payload) // 2])
                 self.wfile.flush()
+                if fake.mode == "stall":
+                    fake.let_go.wait(60)
                 self.connection.shutdown(socket.SHUT_RDWR)
             else:
                 self.wfile.write(payload)

@@ -3,6 +3,7 @@ import io
 import json
 import logging
 import os
+import time
 import zipfile
 
 import pytest
@@ -130,6 +131,24 @@ def test_dropped_connection_says_run_again(tmp_path, kaggle, with_key, capfd, ca
     assert [r["path"] for r in kaggle.requests] == ["/v1/datasets.DatasetApiService/GetDataset",
                                                     "/v1/datasets.DatasetApiService/DownloadDataset",
                                                     "/files/1/archive.zip"]
+
+
+@pytest.mark.parametrize("mode", ["silent", "stall"])
+def test_a_kaggle_that_stops_answering_is_given_up_with_nothing_left(tmp_path, kaggle, with_key, monkeypatch,
+                                                                      capfd, caplog, mode):
+    """No answer to the API call, or an archive that stops coming with the connection left open:
+    the client would wait for ever; the watchdog gives up after STALL_S seconds."""
+    monkeypatch.setattr(kaggle_source, "STALL_S", 1)
+    monkeypatch.setattr(kaggle_source, "POLL_S", 0.05)
+    kaggle.mode = mode
+    started = time.monotonic()
+    error = error_from(lambda: download_kaggle_dataset("owner/name/1", tmp_path / "dest"), capfd, caplog)
+    assert time.monotonic() - started < 20
+    assert "Kaggle sent nothing for 1 s while fetching" in str(error) and "Nothing was kept" in str(error)
+    assert list((tmp_path / "dest").iterdir()) == []
+    if mode == "silent":
+        error = error_from(lambda: kaggle_source.newest_version("owner/name"), capfd, caplog)
+        assert "Kaggle did not answer for 1 s" in str(error)
 
 
 @pytest.mark.parametrize("name", ["chest-xray-pneumonia", "", "owner/", "a/b/c/d", "owner/name/v2", "c/comp/3",

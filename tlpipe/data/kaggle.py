@@ -3,7 +3,9 @@
 The client is imported lazily: importing `kaggle` already tries to authenticate. Its output is captured (it
 prints help and warnings to stdout) and every message passed on is scrubbed of the credentials. Errors are
 raised outside any `except` block, so no chained exception (whose request carries the Authorization header)
-rides along.
+rides along. The client's API requests carry no timeout and its public calls take none, so every call runs
+under a watchdog (`_watched`): no answer and no new byte of the archive for STALL_S seconds, and the fetch is
+given up with a one-line error.
 """
 
 import contextlib
@@ -13,15 +15,21 @@ import io
 import os
 import re
 import sys
+import threading
+import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from tlpipe.errors import TlpipeError
 
-TIMEOUT = (30, 120)
+TIMEOUT = (30, 120)  # connect, read: the download's own timeouts (the client's download_file takes the read one)
 RETRIES = 3
+STALL_S = 120  # no answer and no new byte for this long: the fetch is given up (_watched)
+POLL_S = 1.0
 
+T = TypeVar("T")
 _SLUG = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
 _NAME = re.compile(rf"(?P<owner>{_SLUG})/(?P<slug>{_SLUG})(?:/(?P<version>[0-9]+))?")
 _CREDENTIALS_HELP = (
@@ -168,23 +176,38 @@ def _download_kwargs(api) -> dict:
     return {name: value for name, value in wanted.items() if name in accepted}
 
 
-def _with_timeouts(client) -> None:
-    """The client sends its first request without a timeout; give its session one."""
-    import requests
+class _Stalled(Exception):
+    pass
 
-    session = getattr(client.http_client(), "_session", None)
-    if session is None:
-        return
 
-    class TimeoutAdapter(requests.adapters.HTTPAdapter):
-        def send(self, request, **kwargs):
-            if kwargs.get("timeout") is None:
-                kwargs["timeout"] = TIMEOUT
-            return super().send(request, **kwargs)
+def _watched(work: Callable[[threading.Event], T], part: Path | None = None) -> T:
+    """`work(given_up)` (calls of the Kaggle client, whose API requests carry no timeout), given up
+    when it has neither returned nor written a new byte to `part` for STALL_S seconds. It runs in a
+    daemon thread: a stalled one is left behind (`given_up` is set, so it starts no file) and ends
+    with the process (the stage stops with the error)."""
+    outcome: dict = {}
+    given_up = threading.Event()
 
-    adapter = TimeoutAdapter()
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
+    def run() -> None:
+        try:
+            outcome["value"] = work(given_up)
+        except BaseException as error:  # noqa: BLE001 - raised again below, in the caller's thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run, name="kaggle-client", daemon=True)
+    thread.start()
+    size, since = -1, time.monotonic()
+    while thread.is_alive():
+        thread.join(POLL_S)
+        now = part.stat().st_size if part is not None and part.exists() else -1
+        if now != size:
+            size, since = now, time.monotonic()
+        elif thread.is_alive() and time.monotonic() - since > STALL_S:
+            given_up.set()
+            raise _Stalled
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 def _current_version(client, target: _Target) -> int:
@@ -194,6 +217,31 @@ def _current_version(client, target: _Target) -> int:
     request.owner_slug = target.owner
     request.dataset_slug = target.slug
     return client.datasets.dataset_api_client.get_dataset(request).current_version_number or None
+
+
+def _download(api, client, target: _Target, part: Path, given_up: threading.Event) -> int | None:
+    """Ask for `target`'s archive (its current version when it names none) and write it to `part`,
+    unless the fetch was `given_up` meanwhile; the version fetched."""
+    version = target.version
+    if not target.is_competition and version is None:
+        version = _current_version(client, target)
+    if target.is_competition:
+        from kagglesdk.competitions.types.competition_api_service import ApiDownloadDataFilesRequest
+
+        request = ApiDownloadDataFilesRequest()
+        request.competition_name = target.slug
+        response = client.competitions.competition_api_client.download_data_files(request)
+    else:
+        from kagglesdk.datasets.types.dataset_api_service import ApiDownloadDatasetRequest
+
+        request = ApiDownloadDatasetRequest()
+        request.owner_slug = target.owner
+        request.dataset_slug = target.slug
+        request.dataset_version_number = version
+        response = client.datasets.dataset_api_client.download_dataset(request)
+    if not given_up.is_set():
+        api.download_file(response, str(part), client.http_client(), **_download_kwargs(api))
+    return version
 
 
 def _fetch_archive(api, target: _Target, part: Path, scrub: _Scrubber) -> tuple[str | None, int | None]:
@@ -206,24 +254,10 @@ def _fetch_archive(api, target: _Target, part: Path, scrub: _Scrubber) -> tuple[
     version = target.version
     try:
         with contextlib.redirect_stdout(captured), api.build_kaggle_client() as client:
-            _with_timeouts(client)
-            if not target.is_competition and version is None:
-                version = _current_version(client, target)
-            if target.is_competition:
-                from kagglesdk.competitions.types.competition_api_service import ApiDownloadDataFilesRequest
-
-                request = ApiDownloadDataFilesRequest()
-                request.competition_name = target.slug
-                response = client.competitions.competition_api_client.download_data_files(request)
-            else:
-                from kagglesdk.datasets.types.dataset_api_service import ApiDownloadDatasetRequest
-
-                request = ApiDownloadDatasetRequest()
-                request.owner_slug = target.owner
-                request.dataset_slug = target.slug
-                request.dataset_version_number = version
-                response = client.datasets.dataset_api_client.download_dataset(request)
-            api.download_file(response, str(part), client.http_client(), **_download_kwargs(api))
+            version = _watched(lambda given_up: _download(api, client, target, part, given_up), part)
+    except _Stalled:
+        return (f"Kaggle sent nothing for {STALL_S} s while fetching {target.label} (no answer, or the download "
+                "stopped). Nothing was kept; check your network and run `dvc repro` again."), version
     except requests.HTTPError as error:
         return _describe_http_error(error, target, scrub), version
     except (requests.RequestException, urllib3.exceptions.HTTPError, ValueError) as error:
@@ -283,8 +317,9 @@ def newest_version(dataset: str) -> int | None:
     problem = None
     try:
         with contextlib.redirect_stdout(captured), api.build_kaggle_client() as client:
-            _with_timeouts(client)
-            return _current_version(client, target)
+            return _watched(lambda _: _current_version(client, target))
+    except _Stalled:
+        problem = f"Kaggle did not answer for {STALL_S} s; check your network."
     except requests.HTTPError as error:
         problem = _describe_http_error(error, target, scrub)
     except requests.RequestException as error:
