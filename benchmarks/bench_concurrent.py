@@ -24,9 +24,10 @@ import time
 from pathlib import Path
 
 import common
+from tlpipe.jobs import usable_cores
 
 
-def prepare(work: Path, epochs: int) -> list[Path]:
+def prepare(work: Path, epochs: int, quick: bool) -> list[Path]:
     import yaml
 
     first = work / "concurrent" / "a"
@@ -35,6 +36,8 @@ def prepare(work: Path, epochs: int) -> list[Path]:
     subprocess.run(["git", "clone", "-q", str(common.REPO), str(first)], check=True)
     params = yaml.safe_load((first / "params.yaml").read_text())
     params["finetune"]["epochs"] = epochs
+    if quick:  # a smoke run: no range test, nothing frozen
+        params["finetune"] |= {"lr": 0.003, "freeze_epochs": 0}
     (first / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run(["dvc", "repro", "-q", "extract-features"], cwd=first, check=True, env=env(None))
     second = first.parent / "b"
@@ -68,9 +71,9 @@ def main() -> int:
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=4, help="finetune.epochs of each job (default %(default)s)")
     args = p.parse_args()
-    projects = prepare(args.work, 2 if args.quick else args.epochs)
-    summary = common.Summary(f"bench_concurrent: two finetune jobs (digits, {args.epochs} epochs), "
-                             f"{len(os.sched_getaffinity(0))} cores")
+    epochs = 1 if args.quick else args.epochs
+    projects = prepare(args.work, epochs, args.quick)
+    summary = common.Summary(f"bench_concurrent: two finetune jobs (digits, {epochs} epochs), {usable_cores()} cores")
     results = {}
     for name, jobs, together in (("in turn", None, False), ("at once, every core each", None, True),
                                  ("at once, TLPIPE_JOBS=2", 2, True)):

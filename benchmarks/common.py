@@ -27,7 +27,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--data", type=Path, default=DEFAULT_DATA,
                    help=f"the chest X-ray zip (default: {DEFAULT_DATA})")
-    p.add_argument("--work", type=Path, default=DEFAULT_WORK,
+    p.add_argument("--work", type=lambda value: Path(value).expanduser().resolve(), default=DEFAULT_WORK,
                    help="scratch folder for extracted images and caches, reused between runs (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="a small smoke run: fewer images, one round")
     return p
@@ -52,7 +52,9 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    text = f"{model}, {len(os.sched_getaffinity(0))} cores"
+    from tlpipe.jobs import usable_cores
+
+    text = f"{model}, {usable_cores()} cores"
     try:
         import torch
         text += f", torch {torch.__version__.split('+')[0]} ({torch.get_num_threads()} threads)"

@@ -3,7 +3,9 @@ function, exists: a benchmark that nothing runs must not rot unseen (two once im
 from a module it had left)."""
 
 import ast
+import os
 import re
+import shutil
 import importlib
 import importlib.util
 import subprocess
@@ -58,11 +60,48 @@ def tiny_chest_zip(path: Path) -> Path:
     return path
 
 
+def tiny_mri_zip(path: Path) -> Path:
+    """The brain MRI zip's layout (Training/ and Testing/ of 4 classes), 96 small JPEGs."""
+    import io
+    import zipfile
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    with zipfile.ZipFile(path, "w") as archive:
+        for split, count in (("Training", 18), ("Testing", 6)):
+            for c, label in enumerate(("glioma", "meningioma", "notumor", "pituitary")):
+                for i in range(count):
+                    pixels = (rng.random((64, 64)) * 150).astype(np.uint8) + 30 * c
+                    buffer = io.BytesIO()
+                    Image.fromarray(pixels).convert("RGB").save(buffer, "JPEG")
+                    archive.writestr(f"{split}/{label}/{split[:2]}-{label[:2]}_{i:04d}.jpg", buffer.getvalue())
+    return path
+
+
+BENCHMARK_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run_benchmark(script: str, *args: str, cwd: Path, timeout: int = 600) -> str:
+    """Run a benchmark as written; its stdout. Exit 1 is a missed target (the figures mean nothing
+    at a tiny size); a crash or a traceback fails."""
+    result = subprocess.run([sys.executable, str(BENCHMARK_DIR / script), *args], capture_output=True, text=True,
+                            timeout=timeout, cwd=cwd)
+    output = result.stdout + result.stderr
+    assert result.returncode in (0, 1) and "Traceback" not in output, output[-3000:]
+    return result.stdout
+
+
 # Each runs as written, end to end, on a tiny copy of its data: its figures mean nothing at this size,
 # but every code path it times (the stage's library calls and the notebook-style alternative) runs.
 ON_THE_CHEST_ZIP = {"bench_resize.py": [], "bench_input.py": ["--n", "64"], "bench_features.py": ["--n", "32"],
-                    "bench_finetune.py": ["--batches", "2"]}
-ON_GENERATED_DATA = {"bench_source.py": ["--files", "300"], "bench_decision.py": ["--seeds", "1"]}
+                    "bench_finetune.py": ["--batches", "2"], "bench_incremental.py": [],
+                    "bench_grid.py": ["--strategies", "head"]}
+ON_GENERATED_DATA = {"bench_source.py": ["--files", "300"], "bench_decision.py": ["--seeds", "1"],
+                     # N frames, 500 a class: 1,000 and 4,000 images; no MRI zip there: its recall is skipped
+                     "bench_near_duplicates.py": ["--n", "1000", "--data", "no-mri.zip", "--work", "work"],
+                     "bench_scale.py": ["--quick", "--work", "work"], "bench_concurrent.py": ["--quick", "--work", "work"]}
 
 
 @pytest.mark.slow
@@ -70,9 +109,48 @@ ON_GENERATED_DATA = {"bench_source.py": ["--files", "300"], "bench_decision.py":
 def test_the_benchmark_runs_at_a_tiny_size(script, tmp_path):
     args = (["--data", str(tiny_chest_zip(tmp_path / "chest.zip")), "--work", str(tmp_path / "work"), "--quick",
              *ON_THE_CHEST_ZIP[script]] if script in ON_THE_CHEST_ZIP else ON_GENERATED_DATA[script])
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / script
-    result = subprocess.run([sys.executable, str(path), *args], capture_output=True, text=True, timeout=300,
-                            cwd=tmp_path)
-    output = result.stdout + result.stderr
-    assert result.returncode in (0, 1) and "Traceback" not in output, output[-3000:]  # 1: a target missed
-    assert re.search(r"^(PASS|FAIL|machine:|\| )", result.stdout, flags=re.M), result.stdout[-3000:]  # its figures
+    stdout = run_benchmark(script, *args, cwd=tmp_path)
+    assert re.search(r"^(PASS|FAIL|machine:|\| )", stdout, flags=re.M), stdout[-3000:]  # its figures
+
+
+@pytest.mark.slow
+def test_the_mri_benchmark_runs_at_a_tiny_size(tmp_path):
+    stdout = run_benchmark("bench_mri.py", "--data", str(tiny_mri_zip(tmp_path / "mri.zip")), "--work",
+                           str(tmp_path / "work"), "--quick", "--split", "carved", cwd=tmp_path)
+    assert "brain MRI, carved test split" in stdout and "| " in stdout, stdout[-3000:]
+
+
+@pytest.fixture(scope="module")
+def chest_project(tmp_path_factory):
+    """bench_chest.py's project, run as written on the tiny chest zip at 64 px: the project that
+    bench_choices, bench_frozen_epoch, bench_ddp and shot_plots work in."""
+    work = tmp_path_factory.mktemp("bench")
+    data = tiny_chest_zip(work / "chest.zip")
+    stdout = run_benchmark("bench_chest.py", "--data", str(data), "--work", str(work), "--quick",
+                           "--set", "resize.size=64", cwd=work)
+    assert "| fine-tuned, **test** |" in stdout, stdout[-3000:]
+    return work / "chest", data
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("chest_project")
+def test_the_benchmarks_that_need_a_project_run_in_one(chest_project, tmp_path):
+    project, data = chest_project
+    stdout = run_benchmark("bench_choices.py", "--data", str(data), "--work", str(tmp_path / "work"), "--project",
+                           str(project), cwd=tmp_path)
+    assert "split:" in stdout and "train-head:" in stdout and "finetune:" in stdout, stdout[-3000:]
+    stdout = run_benchmark("bench_frozen_epoch.py", cwd=project)
+    assert stdout.startswith("defaults: probe C") and "no label smoothing:" in stdout, stdout[-3000:]
+    stdout = run_benchmark("bench_ddp.py", "--project", str(project), "--epochs", "1", cwd=tmp_path)
+    assert "finetune train images/s: 1 process" in stdout, stdout[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("chest_project")
+def test_the_plots_screenshot_runs_in_a_project(chest_project, tmp_path):
+    if not (shutil.which("chromium") or shutil.which("chromium-browser")):
+        assert not os.environ.get("CI"), "CI draws the plots: .ci/run installs Debian's chromium"
+        pytest.skip("no chromium here (apt-get install chromium)")
+    stdout = run_benchmark("shot_plots.py", "--project", str(chest_project[0]), "--out", str(tmp_path / "shots"),
+                           cwd=tmp_path)
+    assert "remote scripts: 0" in stdout and (tmp_path / "shots" / "plots.png").is_file(), stdout[-3000:]
