@@ -154,3 +154,9 @@ def test_the_plots_screenshot_runs_in_a_project(chest_project, tmp_path):
     stdout = run_benchmark("shot_plots.py", "--project", str(chest_project[0]), "--out", str(tmp_path / "shots"),
                            cwd=tmp_path)
     assert "remote scripts: 0" in stdout and (tmp_path / "shots" / "plots.png").is_file(), stdout[-3000:]
+
+
+def test_every_benchmark_has_a_smoke_run():
+    """A new benchmark gets its tiny run above, or this fails."""
+    project = {"bench_chest.py", "bench_choices.py", "bench_frozen_epoch.py", "bench_ddp.py", "shot_plots.py"}
+    assert {p.name for p in SCRIPTS} == {*ON_THE_CHEST_ZIP, *ON_GENERATED_DATA, "bench_mri.py", *project}
