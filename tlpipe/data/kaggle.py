@@ -24,7 +24,7 @@ from typing import NamedTuple, TypeVar
 
 from tlpipe.errors import TlpipeError
 
-TIMEOUT = (30, 120)  # connect, read: the download's own timeouts (the client's download_file takes the read one)
+READ_TIMEOUT_S = 120  # the client's download_file: the longest wait for the next chunk of the archive
 RETRIES = 3
 STALL_S = 120  # no answer and no new byte for this long: the fetch is given up (_watched)
 POLL_S = 1.0
@@ -172,7 +172,7 @@ def _describe_http_error(error, target: _Target | None, scrub: _Scrubber) -> str
 
 def _download_kwargs(api) -> dict:
     accepted = inspect.signature(api.download_file).parameters
-    wanted = {"quiet": True, "resume": False, "max_retries": RETRIES, "timeout": TIMEOUT[1]}
+    wanted = {"quiet": True, "resume": False, "max_retries": RETRIES, "timeout": READ_TIMEOUT_S}
     return {name: value for name, value in wanted.items() if name in accepted}
 
 
