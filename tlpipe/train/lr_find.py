@@ -11,6 +11,7 @@ training that follows starts from the same model. Its batches come in finetune's
 import copy
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,7 +21,6 @@ from torch import nn
 from tlpipe.errors import TlpipeError
 from tlpipe.model.classifier import Classifier
 from tlpipe.runtime import to_float_images
-from tlpipe.train.augment import Augment
 from tlpipe.train.step import NonFiniteLoss, batch_rows, step
 from tlpipe.params import FinetuneParams
 
@@ -53,7 +53,8 @@ def _batches(labels: np.ndarray, seed: int, batch_size: int, balanced: bool):
 
 
 def range_test(model: Classifier, images: np.ndarray, labels: np.ndarray, groups: list[dict], loss_fn: nn.Module,
-               augment: Augment, cfg: FinetuneParams, device: torch.device) -> LrCurve:
+               augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor], cfg: FinetuneParams,
+               device: torch.device) -> LrCurve:
     """Run the range test on `model` (already set trainable as the training will be) and restore it.
 
     `groups` are the optimizer's param groups with their rates relative to the head's (layer decay);
