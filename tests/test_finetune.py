@@ -264,27 +264,3 @@ def test_an_epoch_shows_its_progress_on_a_terminal_and_only_there(monkeypatch, t
     else:
         assert drawn == "", drawn
     assert any(line.startswith("epoch 0:") for line in lines), lines
-
-
-def test_progressive_resizing_trains_small_then_at_the_cache_size_and_validates_at_the_cache_size():
-    model, _ = tiny_model()
-    train, val = tiny_data(32, 0, size=64), tiny_data(16, 1, size=64)
-    seen = []  # (training?, side) of every batch the model is given
-    model.register_forward_pre_hook(lambda module, args: seen.append((module.training, args[0].shape[-1])))
-    cfg = tiny_cfg(epochs=3, progressive_size=32, full_size_epochs=1, early_stop_metric="val_accuracy")
-    lines = []
-    ft.fit(model, train, val, cfg, 2, torch.device("cpu"), log=lines.append)
-    per_epoch = len(train.labels) // cfg.batch_size
-    trained = [side for training, side in seen if training]
-    assert trained == [32] * (2 * per_epoch) + [64] * per_epoch
-    assert {side for training, side in seen if not training} == {64}
-    assert [line.split(" img/s at ")[1].split(" px")[0] for line in lines if "img/s" in line] == ["32", "32", "64"]
-
-    assert [ft.training_size(cfg, epoch, 64) for epoch in range(3)] == [32, 32, 64]
-    assert [ft.training_size(cfg, epoch, 24) for epoch in range(3)] == [24, 24, 24]  # never larger than the cache
-    off = tiny_cfg(epochs=3, progressive_size=None)
-    assert [ft.training_size(off, epoch, 64) for epoch in range(3)] == [64, 64, 64]
-
-    seen.clear()  # the range test trains as the first unfrozen epoch does: small
-    ft.lr_range_test(model, train, tiny_cfg(epochs=3, progressive_size=32, lr_find_steps=10), 2, torch.device("cpu"))
-    assert {side for training, side in seen if training} == {32}

@@ -138,8 +138,6 @@ class FinetuneParams:
     strategy: str = key(Spec(str, choices=("head", "last_blocks", "all", "auto")))
     freeze_epochs: int = key(NON_NEGATIVE_INT)
     unfreeze: str | int = key(Spec((str, int), min=1))
-    progressive_size: int | None = key(Spec(int, min=32, nullable=True))
-    full_size_epochs: int = key(NON_NEGATIVE_INT)
     batch_size: int = key(POSITIVE_INT)
     lr: float | str = key(Spec((str, int, float), min=0, min_exclusive=True))
     lr_find_steps: int = key(Spec(int, min=10))

@@ -20,20 +20,14 @@ class Augment:
     jitter: float = 0.2         # brightness and contrast, +-
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator, positions=None, total: int | None = None,
-                 size: int | None = None) -> torch.Tensor:
-        """x: float (N, 3, H, W) in [0, 1] -> augmented, same device; `size` x `size` where a
-        smaller `size` is given (progressive resizing: shrunk with antialiasing first), else same shape.
+                 ) -> torch.Tensor:
+        """x: float (N, 3, H, W) in [0, 1] -> augmented, same shape and device.
 
         Under several processes x is the images at `positions` of a global batch of `total`: the
         random draws are those of the whole batch (the same generator on every rank), each image
         taking its own, so one and N processes augment every image alike."""
         n = x.shape[0]
         total = n if total is None else total
-        if size is not None and size < max(x.shape[-2:]) and n:
-            memory_format = (torch.channels_last if x.is_contiguous(memory_format=torch.channels_last)
-                             else torch.contiguous_format)
-            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
-                              align_corners=False).contiguous(memory_format=memory_format)
         if n == 0 and total:  # a rank with no image of this (small, last) batch draws all the same: in step
             self(torch.zeros(total, 3, 2, 2), generator)
             return x

@@ -11,7 +11,6 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 
 import numpy as np
 import torch
@@ -128,14 +127,6 @@ def param_groups(model: Classifier, lr: float, layer_decay: float) -> list[dict]
     return [g for g in groups if g["params"]]
 
 
-def training_size(cfg: FinetuneParams, epoch: int, cache_size: int) -> int:
-    """Progressive resizing: the side of the images epoch `epoch` trains on. Every epoch but the last
-    `full_size_epochs` trains at `progressive_size` where that is smaller than the cache's side."""
-    if cfg.progressive_size is None or epoch >= cfg.epochs - cfg.full_size_epochs:
-        return cache_size
-    return min(cfg.progressive_size, cache_size)
-
-
 def balance_power(cfg: FinetuneParams) -> float:
     """How strongly the loss weights favour rare classes: frequency ** -power (0 with class_balance none)."""
     return 0.0 if cfg.class_balance == "none" else float(cfg.class_balance_power)
@@ -202,8 +193,7 @@ def lr_range_test(model: Classifier, train: Split, cfg: FinetuneParams, num_clas
     loss_fn, groups, augment = _training_setup(model, train, cfg, num_classes, device, 1.0)
     unfrozen_epoch = cfg.freeze_epochs if cfg.epochs > cfg.freeze_epochs else 0
     set_trainable(model, unfrozen_epoch, cfg)
-    size = training_size(cfg, unfrozen_epoch, train.images.shape[1])  # the size that phase starts at
-    return range_test(model, train.images, train.labels, groups, loss_fn, partial(augment, size=size), cfg, device)
+    return range_test(model, train.images, train.labels, groups, loss_fn, augment, cfg, device)
 
 
 def fit(model: Classifier, train: Split, val: Split, cfg: FinetuneParams, num_classes: int, device: torch.device,
@@ -258,7 +248,7 @@ def fit(model: Classifier, train: Split, val: Split, cfg: FinetuneParams, num_cl
         log(f"epoch {epoch}: train_loss {row['train_loss']:.4f} val_loss {row['val_loss']:.4f} "
             f"val_accuracy {row['val_accuracy']:.4f}"
             + (f" {metric} {row[metric]:.4f}" if metric not in ("val_loss", "val_accuracy") else "")
-            + f" ({row['train_images_per_s']:.0f} img/s at {training_size(cfg, epoch, train.images.shape[1])} px)"
+            + f" ({row['train_images_per_s']:.0f} img/s)"
             + (" *best" if improved else " kept: within the noise of the best" if kept else ""))
         if kept:
             result.state_dict, result.best_epoch = copy.deepcopy(run.validated.state_dict()), epoch
@@ -305,14 +295,13 @@ class Training:
         set_trainable(model, epoch, cfg)
         step_model = self.replicas()
         order = epoch_order(data.labels, cfg.seed, epoch, balanced=cfg.class_balance == "sampler")
-        size = training_size(cfg, epoch, data.images.shape[1])
         total_loss, seen, start = 0.0, 0, time.perf_counter()
         loader = device_batches(data.images, data.labels, order, cfg.batch_size, self.device, cfg.channels_last, ranks)
         # on a terminal, the epoch as it goes (images/s, time left); a log gets the epoch's one line alone
         bar = progress(total=len(order), desc=f"epoch {epoch}", unit="img", leave=False, terminal_only=True,
                        disable=not ranks.is_main)
         for batch, (positions, batch_total, x, y) in enumerate(loader):
-            x = self.augment(x, self.generator, positions, batch_total, size=size)
+            x = self.augment(x, self.generator, positions, batch_total)
             # this rank's share of the global batch's loss: DDP averages the ranks' gradients, so each
             # rank's mean loss is weighed by its share
             loss_share = 1.0

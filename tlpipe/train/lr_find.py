@@ -11,7 +11,6 @@ training that follows starts from the same model. Its batches come in finetune's
 import copy
 import itertools
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,6 +20,7 @@ from torch import nn
 from tlpipe.errors import TlpipeError
 from tlpipe.model.classifier import Classifier
 from tlpipe.runtime import to_float_images
+from tlpipe.train.augment import Augment
 from tlpipe.train.step import NonFiniteLoss, batch_rows, step
 from tlpipe.params import FinetuneParams
 
@@ -53,8 +53,7 @@ def _batches(labels: np.ndarray, seed: int, batch_size: int, balanced: bool):
 
 
 def range_test(model: Classifier, images: np.ndarray, labels: np.ndarray, groups: list[dict], loss_fn: nn.Module,
-               augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor], cfg: FinetuneParams,
-               device: torch.device) -> LrCurve:
+               augment: Augment, cfg: FinetuneParams, device: torch.device) -> LrCurve:
     """Run the range test on `model` (already set trainable as the training will be) and restore it.
 
     `groups` are the optimizer's param groups with their rates relative to the head's (layer decay);
