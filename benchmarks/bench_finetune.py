@@ -1,16 +1,18 @@
-"""Benchmark: the finetune stage's training step (`tlpipe.train.finetune.Training.epoch`: batches from
-the uint8 cache, batched augmentation, forward, backward, AdamW, one-cycle step) with every block
-of efficientnet_lite0 (tf_efficientnet_lite0) trainable, in a process set up as
-stages/finetune.py sets it up (`tune_malloc()` first, the model in channels_last as `fit` does).
+"""Benchmark: the finetune stage's training epoch as `dvc repro` runs it: `Training.epoch` of
+tlpipe.train.finetune with params.yaml's finetune section as shipped (batch 32, augmentation,
+class weights, layer-wise rates, AdamW, one-cycle), the first epoch with every block trainable,
+over the whole training split of the chest X-ray cache (made at 128 and at 224 px by the resize
+stage's code) read from its shards in the stage's shuffled order, in a process set up as
+stages/finetune.py sets it up (`tune_malloc()` and `share_cpu()` first).
 
-Targets: >= 25 train images/s at 224 px and >= 70 at 128 px on 2 cores
-(batch 32). On a GPU: ResNet-50 at 224 px, bf16 autocast + channels_last, >= 2,500 train images/s
-and >= 5,000 feature-extraction images/s (reported as not measured when there is no GPU).
+Targets: >= 25 train images/s at 224 px and >= 70 at 128 px on 2 cores. On a GPU: ResNet-50 at
+224 px, bf16 autocast + channels_last, >= 2,500 train images/s and >= 5,000 feature-extraction
+images/s (reported as not measured when there is no GPU).
 
-    python benchmarks/bench_finetune.py [--data ZIP] [--batches 12] [--quick]
+    python benchmarks/bench_finetune.py [--data ZIP] [--batches N] [--quick]
 
-Each size runs in a fresh child process: 2 warm-up batches, then `--batches` timed batches of
-real cached chest X-ray images (the 128 px cache is made by the resize stage's code first).
+Each size runs in a fresh child process: 2 warm-up batches, then a whole epoch (or `--batches` batches;
+`--quick`: 3). The figure printed beside each is the stage's own `train_images_per_s` for that epoch.
 """
 
 import json
@@ -27,8 +29,9 @@ GPU_FEATURES_TARGET = 5000.0
 WARMUP_BATCHES = 2
 
 
-def _train_rate(backbone_name: str, cache: Path, batches: int, batch_size: int, device_name: str) -> dict:
-    """Images/s of Training.epoch over `batches` batches after WARMUP_BATCHES, all blocks trainable."""
+def _train_rate(backbone_name: str, cache: Path, batches: int | None, batch_size: int, device_name: str) -> dict:
+    """Images/s of one stage epoch after WARMUP_BATCHES, every block trainable (the strategy `all`
+    of params.yaml); `batches`: only that many batches of the epoch."""
     from dataclasses import replace
 
     import torch
@@ -40,24 +43,21 @@ def _train_rate(backbone_name: str, cache: Path, batches: int, batch_size: int, 
     from tlpipe.train.finetune import Split, Training, build_model
     from tlpipe.runtime import pick_device
 
-    cfg = replace(params.load(common.REPO / "params.yaml").finetune, batch_size=batch_size, head_init="random",
-                  aug_flip=True, class_balance="none", unfreeze="all")
+    # the shipped params; head_init random only skips the probe's fit, which sets the head's
+    # starting weights and nothing of the epoch's cost
+    cfg = replace(params.load(common.REPO / "params.yaml").finetune, batch_size=batch_size, head_init="random")
     device = pick_device(device_name)
-    images, labels, _ = load_split(cache, "train")
+    images, labels, _ = load_split(cache, "train", paths=False)  # the shards' memory maps, as the stage reads them
     classes = load_classes(cache)
     backbone = create_backbone(backbone_name, "default" if backbone_name.startswith("efficientnet_lite") else "none")
     model = build_model(backbone, len(classes), cfg)
-    model.to(device)  # as fit() does
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
-    epoch = cfg.freeze_epochs  # the first unfrozen epoch: every block trains
-    n_warm, n = WARMUP_BATCHES * batch_size, batches * batch_size
-    warm = Split(images[:n_warm], labels[:n_warm])
-    timed = Split(images[n_warm:n_warm + n], labels[n_warm:n_warm + n])
-    # the stage's training loop, loss, optimizer, schedule and weight average; the schedule spans
-    # enough epochs of the timed images for the warm-up and timed batches
-    epochs = 2 + WARMUP_BATCHES // batches
-    training = Training(model, timed, replace(cfg, epochs=epochs), len(classes), device, SINGLE)
+    epoch = cfg.freeze_epochs  # the first epoch in which every block trains
+    train = Split(images, labels)
+    if batches is not None:
+        rows = slice(WARMUP_BATCHES * batch_size, (WARMUP_BATCHES + batches) * batch_size)
+        train = Split(images[rows], labels[rows])
+    warm = Split(images[:WARMUP_BATCHES * batch_size], labels[:WARMUP_BATCHES * batch_size])
+    training = Training(model, train, cfg, len(classes), device, SINGLE)
     training.epoch(epoch, warm)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
@@ -68,15 +68,15 @@ def _train_rate(backbone_name: str, cache: Path, batches: int, batch_size: int, 
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "images": len(timed.labels), "stage_rate": row["train_images_per_s"],
-            "trainable": trainable, "params": total, "threads": torch.get_num_threads(),
-            "size": int(images.shape[1])}
+    return {"seconds": seconds, "images": len(train.labels), "stage_rate": row["train_images_per_s"],
+            "trainable": trainable, "params": total, "threads": torch.get_num_threads(), "epoch": epoch}
 
 
-def child_cpu(work: Path, data: Path, size: int, batches: int) -> dict:
-    from tlpipe.runtime import tune_malloc
+def child_cpu(work: Path, data: Path, size: int, batches: int | None) -> dict:
+    from tlpipe.runtime import share_cpu, tune_malloc
 
     tune_malloc()  # what stages/finetune.py does first
+    share_cpu()
     return _train_rate("efficientnet_lite0", common.cache_folder(work, data, size), batches, 32, "cpu")
 
 
@@ -108,7 +108,7 @@ def child_gpu(work: Path, data: Path, batches: int) -> dict:
 
 def run_child(args, *extra: str) -> dict:
     cmd = [sys.executable, __file__, "--data", str(args.data), "--work", str(args.work),
-           "--batches", str(args.batches), *extra]
+           *(["--batches", str(args.batches)] if args.batches else []), *extra]
     out, wall, peak = common.run_measured(cmd)
     return common.result_line(out) | {"wall": wall, "peak_rss": peak}
 
@@ -119,12 +119,12 @@ def main() -> int:
     import torch
 
     p = common.parser(__doc__.split("\n\n")[0])
-    p.add_argument("--batches", type=int, default=None, help="timed batches per size (default 12, quick 3)")
+    p.add_argument("--batches", type=int, default=None, help="timed batches per size (default: a whole epoch; quick 3)")
     p.add_argument("--child", choices=("cpu", "gpu"), help=argparse.SUPPRESS)
     p.add_argument("--size", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     args.data = common.check_data(args.data)
-    args.batches = args.batches or (3 if args.quick else 12)
+    args.batches = args.batches or (3 if args.quick else None)
     if args.child:
         result = child_cpu(args.work, args.data, args.size, args.batches) if args.child == "cpu" \
             else child_gpu(args.work, args.data, args.batches)
@@ -134,12 +134,14 @@ def main() -> int:
     summary = common.Summary("bench_finetune: finetune training step (tlpipe.train.finetune.Training.epoch), efficientnet_lite0 all blocks trainable")
     for size in CPU_TARGETS:
         common.cache_folder(args.work, args.data, size)
-    print(f"[cpu] batch 32, {WARMUP_BATCHES} warm-up + {args.batches} timed batches per size", flush=True)
+    timed = f"{args.batches} timed batches" if args.batches else "a whole timed epoch"
+    print(f"[cpu] the stage's epoch, batch 32, {WARMUP_BATCHES} warm-up batches + {timed} per size", flush=True)
     for size, target in CPU_TARGETS.items():
         r = run_child(args, "--child", "cpu", "--size", str(size))
         rate = r["images"] / r["seconds"]
-        print(f"  {size} px: {rate:.1f} img/s ({r['images']} images in {r['seconds']:.1f} s; stage's own figure "
-              f"{r['stage_rate']:.1f}; {r['trainable']}/{r['params']} params trainable; {r['threads']} threads; "
+        print(f"  {size} px (epoch {r['epoch']} of the stage's schedule): {rate:.1f} img/s "
+              f"({r['images']} images in {r['seconds']:.1f} s; the stage's own train_images_per_s {r['stage_rate']:.1f}; "
+              f"{r['trainable']}/{r['params']} params trainable; {r['threads']} threads; "
               f"peak RSS {r['peak_rss'] / 2**20:.0f} MiB)", flush=True)
         summary.figure(f"CPU {size} px, batch 32: {rate:6.1f} train img/s ({r['trainable'] / 1e6:.2f}M of "
                        f"{r['params'] / 1e6:.2f}M params trainable)")

@@ -2,9 +2,7 @@
 features.spatial_grid > 0 its last feature map average-pooled to that grid, {split}_spatial.npy (float16);
 both written batch by batch."""
 
-import json
 from contextlib import nullcontext
-from pathlib import Path
 
 import numpy as np
 from torch import nn
@@ -53,9 +51,6 @@ def main() -> None:
         finish(ranks)
         if tmp is None:
             return
-        meta = {"backbone": p.backbone.name, "weights": p.backbone.weights,
-                "num_features": backbone.num_features, "spatial_grid": cfg.spatial_grid}
-        (Path(tmp) / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     # Timing apart from data/features, so that a rerun with the same features changes nothing downstream.
     write_json("metrics/features.json", {"num_features": backbone.num_features, "wall_s": wall_s()})
 

@@ -16,12 +16,15 @@ def test_input_size_comes_from_the_weights_metadata_without_loading_them():
     assert input_size("resnet50") == 224
 
 
-def test_auto_is_the_backbone_size_capped_by_the_source_and_never_below_64():
-    assert auto_size(224, 1024) == 224   # large photos: the backbone's size
-    assert auto_size(299, 224) == 224    # 224 px files: no upsampling beyond the source
+def test_auto_is_the_backbone_size_up_to_128_capped_by_the_source_and_never_below_64():
+    assert auto_size(224, 1024) == 128   # large photos: the backbone's size, up to 128 px
+    assert auto_size(96, 1024) == 96     # a backbone made for less: its own size
+    assert auto_size(299, 224) == 128
     assert auto_size(224, 100) == 128    # rounded up to a multiple of 32
+    assert auto_size(224, 70) == 96
     assert auto_size(224, 8) == 64       # 8x8 digits: 2x the network stride, not 224
-    assert auto_size(224, None) == 224   # nothing readable: the backbone's size
+    assert auto_size(224, None) == 128   # nothing readable: the backbone's size, up to 128 px
+    assert auto_size(224, 1024, minimum=224) == 224  # a ViT takes its whole input size
 
 
 def test_source_side_is_the_median_longer_side(tmp_path):

@@ -34,7 +34,7 @@ from tlpipe.train.lr_find import LrCurve, range_test
 from tlpipe.train.order import epoch_order
 from tlpipe.train.resume import Checkpoints, random_states, restore_random_states
 from tlpipe.train.selection import EarlyStopping, per_image_cost
-from tlpipe.train.step import NonFiniteLoss, step
+from tlpipe.train.step import NonFiniteLoss, decay_groups, step
 from tlpipe.train.strategy import set_trainable
 from tlpipe.params import FinetuneParams
 
@@ -113,18 +113,11 @@ def build_model(backbone: Backbone, num_classes: int, cfg: FinetuneParams, probe
 
 def param_groups(model: Classifier, lr: float, layer_decay: float) -> list[dict]:
     """Head at `lr`; each body block group further from the head gets `layer_decay` times less. In
-    each, biases and normalisation scales (the one-dimensional tensors) are left out of weight decay,
-    as torchvision's reference recipes and timm do: shrinking them towards 0 regularises nothing
-    and moves the normalisation the pretrained weights rely on."""
-    parts = [("head", lr, list(model.head.parameters()))]
+    each, biases and normalisation scales are left out of weight decay (train.step.decay_groups)."""
+    groups = decay_groups(model.head.parameters(), "head", lr=lr)
     for depth, block in enumerate(reversed(block_groups(model.body)), start=1):
-        parts.append((f"body-{depth}", lr * layer_decay**depth, list(block.parameters())))
-    groups = []
-    for name, rate, params in parts:
-        groups.append({"params": [p for p in params if p.ndim > 1], "lr": rate, "name": name})
-        groups.append({"params": [p for p in params if p.ndim <= 1], "lr": rate, "name": f"{name}-no-decay",
-                       "weight_decay": 0.0})
-    return [g for g in groups if g["params"]]
+        groups += decay_groups(block.parameters(), f"body-{depth}", lr=lr * layer_decay**depth)
+    return groups
 
 
 def balance_power(cfg: FinetuneParams) -> float:

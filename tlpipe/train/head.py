@@ -23,7 +23,7 @@ from tlpipe.model.decision_fit import fit_rule
 from tlpipe.model.inference import feature_probabilities
 from tlpipe.model.modelfile import head_checkpoint
 from tlpipe.train.choose import choose_logreg
-from tlpipe.train.step import NonFiniteLoss, batch_rows, step
+from tlpipe.train.step import NonFiniteLoss, batch_rows, decay_groups, step
 from tlpipe.params import HeadParams
 
 
@@ -59,7 +59,7 @@ def _fit_torch_head(cfg: HeadParams, x: np.ndarray, y: np.ndarray, x_val: np.nda
     head = _torch_head(cfg, x, num_classes)
     weight = torch.tensor(class_weights(y, num_classes), dtype=torch.float32) if cfg.class_weight == "balanced" else None
     loss_fn = nn.CrossEntropyLoss(weight=weight)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(decay_groups(head.parameters(), "head"), lr=cfg.lr, weight_decay=cfg.weight_decay)
     # float16 feature maps are widened to float32 here, once: a few hundred MB at most for CI-sized sets
     xt, yt = torch.from_numpy(np.array(x, dtype=np.float32)), torch.from_numpy(y).long()
     xv, yv = torch.from_numpy(np.array(x_val, dtype=np.float32)), torch.from_numpy(y_val).long()

@@ -34,6 +34,18 @@ def batch_rows(labels: np.ndarray, seed: int, epoch: int, batch_size: int, balan
         yield order[part]
 
 
+def decay_groups(params, name: str = "", **options) -> list[dict]:
+    """`params` as optimizer groups: the weights, and the one-dimensional tensors (biases and
+    normalisation scales) without weight decay, as torchvision's reference recipes and timm do:
+    shrinking those towards 0 regularises nothing and moves the normalisation pretrained weights
+    rely on. `options` (e.g. lr) go into both groups; an empty group is left out."""
+    params = list(params)
+    groups = [{"params": [p for p in params if p.ndim > 1], "name": name, **options},
+              {"params": [p for p in params if p.ndim <= 1], "name": f"{name}-no-decay", **options,
+               "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
 def step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
          device: torch.device = CPU, amp: bool = False, scale: float = 1.0) -> torch.Tensor:
     """Forward, loss, backward and one optimizer step on a batch; the (unscaled, detached) loss.
