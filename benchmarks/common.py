@@ -201,6 +201,37 @@ class PeakTreeRSS:
         self._thread.join()
 
 
+class GpuBusy:
+    """The GPU's mean busy share (nvidia-smi's utilization.gpu, in %) over a `with` block, sampled
+    every `interval` seconds from a thread; `percent` is None where nvidia-smi is not there."""
+
+    def __init__(self, interval: float = 0.5, index: int = 0):
+        self.interval, self.index = interval, index
+        self.samples: list[float] = []
+        self.percent: float | None = None
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        command = ["nvidia-smi", f"--id={self.index}", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"]
+        while not self._stop.is_set():
+            try:
+                out = subprocess.run(command, capture_output=True, text=True, timeout=10, check=True).stdout
+                self.samples.append(float(out.split()[0]))
+            except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+                return
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.percent = sum(self.samples) / len(self.samples) if self.samples else None
+
+
 def run_measured(cmd: list[str], env: dict | None = None, cwd: Path | None = None,
                  anonymous: bool = False) -> tuple[str, float, int] | tuple[str, float, int, int]:
     """Run `cmd`; (stdout, wall seconds, peak RSS of its process tree in bytes), with `anonymous`

@@ -160,3 +160,27 @@ def test_every_benchmark_has_a_smoke_run():
     """A new benchmark gets its tiny run above, or this fails."""
     project = {"bench_chest.py", "bench_choices.py", "bench_frozen_epoch.py", "bench_ddp.py", "shot_plots.py"}
     assert {p.name for p in SCRIPTS} == {*ON_THE_CHEST_ZIP, *ON_GENERATED_DATA, "bench_mri.py", *project}
+
+
+def test_gpu_busy_is_the_mean_of_nvidia_smi_samples_and_none_without_it(tmp_path, monkeypatch):
+    sys.path.insert(0, str(BENCHMARKS[0].parent))
+    try:
+        common = importlib.import_module("common")
+    finally:
+        sys.path.remove(str(BENCHMARKS[0].parent))
+    fake = tmp_path / "bin" / "nvidia-smi"
+    fake.parent.mkdir()
+    counter = tmp_path / "calls"
+    # answers 80, then 100, 100, ...: the mean lies between and every sample is a call
+    fake.write_text(f"#!/bin/sh\necho x >> {counter}\n[ $(wc -l < {counter}) -eq 1 ] && echo 80 || echo 100\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    import time
+    with common.GpuBusy(interval=0.05) as busy:
+        time.sleep(0.5)
+    calls = len(counter.read_text().splitlines())
+    assert calls >= 3 and busy.percent == pytest.approx((80 + 100 * (calls - 1)) / calls)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with common.GpuBusy(interval=0.05) as busy:
+        time.sleep(0.1)
+    assert busy.percent is None
