@@ -137,3 +137,16 @@ def test_head_hidden_is_a_list_of_widths_or_one_number(hidden, ok):
     else:
         with pytest.raises(TlpipeError, match="head.hidden"):
             validate(params)
+
+
+def test_the_torch_head_decays_its_weights_only(monkeypatch):
+    made = []
+    real = torch.optim.AdamW
+    monkeypatch.setattr(torch.optim, "AdamW", lambda groups, **kw: made.append([dict(g) for g in groups]) or real(groups, **kw))
+    (x, y), (xv, yv) = features(64, 0), features(32, 1)
+    train_head(head_cfg(kind="mlp", hidden=[8], epochs=1, weight_decay=0.1), x, y, xv, yv, CLASSES)
+    (groups,) = made
+    decayed = [p for g in groups if "weight_decay" not in g for p in g["params"]]
+    kept = [p for g in groups if g.get("weight_decay") == 0.0 for p in g["params"]]
+    assert decayed and kept and len(decayed) + len(kept) == sum(len(g["params"]) for g in groups)
+    assert all(p.ndim > 1 for p in decayed) and all(p.ndim == 1 for p in kept)  # biases and norm scales kept
