@@ -53,7 +53,7 @@ def test_the_queue_workers_are_started_with_the_job_count(monkeypatch, tmp_path)
         return subprocess.CompletedProcess(args, 0)
 
     monkeypatch.setattr(queue, "dvc", lambda args, cwd, verb: "")
-    monkeypatch.setattr(queue, "_wait", lambda *a: None)
+    monkeypatch.setattr(queue, "_wait", lambda *a, **kw: None)
     monkeypatch.setattr(queue.subprocess, "run", fake_run)
     queue.run_queued({"a": [], "b": []}, "finetune", 2, tmp_path, "tune", 10)
     [(args, jobs, stdout)] = started

@@ -63,6 +63,47 @@ def test_a_dead_worker_ends_the_wait_with_one_line(monkeypatch, tmp_path):
         queue._wait(tmp_path, {"tune-x-1"}, timeout_s=60, verb="tune")
 
 
+def test_workers_that_stopped_with_experiments_queued_are_started_again(monkeypatch, tmp_path):
+    """DVC's workers stop themselves when their idle check times out on a busy machine, even with
+    experiments still queued: the wait starts them again (and a restarted worker then finishes them)."""
+    worker = None
+    restarts = []
+
+    def restart():
+        nonlocal worker
+        worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "queue-worker"])
+        _worker_record(tmp_path, 1, worker.pid)
+        restarts.append(True)
+
+    _worker_record(tmp_path, 1, os.getpid(), returncode=0)  # the first worker stopped
+    answers = iter([QUEUED.format("Queued"), QUEUED.format("Running"), QUEUED.format("Success")])
+    monkeypatch.setattr(queue, "dvc", lambda args, cwd, verb: next(answers))
+    monkeypatch.setattr(queue, "WORKER_START_S", 0)
+    monkeypatch.setattr(queue, "QUEUE_POLL_S", 0)
+    try:
+        queue._wait(tmp_path, {"tune-x-1"}, timeout_s=60, verb="tune", restart=restart)
+    finally:
+        if worker is not None:
+            worker.kill()
+            worker.wait()
+    assert restarts == [True] and next(answers, None) is None
+
+
+@pytest.mark.parametrize("status, restarts_allowed", [("Running", 0), ("Queued", 1)])
+def test_a_lost_running_experiment_or_workers_that_keep_stopping_end_the_wait(monkeypatch, tmp_path, status,
+                                                                              restarts_allowed):
+    """A running experiment with no worker left is not run again behind the user's back, and workers
+    are started again at most once per experiment."""
+    _worker_record(tmp_path, 1, os.getpid(), returncode=0)
+    restarts = []
+    monkeypatch.setattr(queue, "dvc", lambda args, cwd, verb: QUEUED.format(status))
+    monkeypatch.setattr(queue, "WORKER_START_S", 0)
+    monkeypatch.setattr(queue, "QUEUE_POLL_S", 0)
+    with pytest.raises(TlpipeError, match="tune: DVC's queue has no worker left and 1 experiments waiting"):
+        queue._wait(tmp_path, {"tune-x-1"}, timeout_s=60, verb="tune", restart=lambda: restarts.append(True))
+    assert len(restarts) == restarts_allowed
+
+
 def test_a_busy_worker_that_misses_the_status_ping_is_waited_for(monkeypatch, tmp_path):
     """`dvc queue status` says "0 active, 0 idle" when a busy worker answers its ping late; the wait
     goes by the worker's process, and a status that fails now and then (DVC read a file it was

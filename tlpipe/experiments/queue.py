@@ -5,8 +5,10 @@ goes on running unseen. Shared by `tlpipe tune` and `tlpipe cv`."""
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tlpipe.errors import TlpipeError
@@ -36,7 +38,7 @@ def run_queued(experiments: dict[str, list[str]], target: str, jobs: int, cwd: P
             dvc(["dvc", "exp", "run", "--queue", "-n", name, *sets, target], cwd, verb)
             queued.append(name)
         start_workers(jobs, cwd, verb)
-        _wait(cwd, set(queued), timeout_s, verb)
+        _wait(cwd, set(queued), timeout_s, verb, restart=lambda: start_workers(jobs, cwd, verb))
     except BaseException:  # Ctrl-C or an error
         withdraw(queued, cwd)
         raise
@@ -55,9 +57,15 @@ def start_workers(jobs: int, cwd: Path, verb: str) -> None:
             raise TlpipeError(f"{verb}: `dvc queue start -j {jobs}` failed: {detail}")
 
 
-def _wait(cwd: Path, names: set[str], timeout_s: float, verb: str) -> None:
+def _wait(cwd: Path, names: set[str], timeout_s: float, verb: str,
+          restart: Callable[[], None] | None = None) -> None:
+    """Wait until none of `names` is queued or running. DVC's workers stop themselves when a check of
+    their own (a celery inspect with a short timeout) finds them idle, and on a busy machine that check
+    can time out while experiments are still queued: then `restart` starts them again, at most once per
+    experiment. A running experiment whose worker is gone, or workers that keep stopping, end the wait
+    with one line."""
     started = time.monotonic()
-    deadline, seen_a_worker, status_failures = started + timeout_s, False, 0
+    deadline, seen_a_worker, status_failures, restarts = started + timeout_s, False, 0, 0
     while time.monotonic() < deadline:
         try:
             status = dvc(["dvc", "queue", "status"], cwd, verb)
@@ -76,9 +84,16 @@ def _wait(cwd: Path, names: set[str], timeout_s: float, verb: str) -> None:
         seen_a_worker |= workers > 0
         # workers start in the background and take a few seconds to appear
         if workers == 0 and (seen_a_worker or time.monotonic() - started > WORKER_START_S):
-            raise TlpipeError(f"{verb}: DVC's queue has no worker left and {len(waiting)} experiments waiting "
-                              "(its worker stopped); `dvc queue logs NAME` shows why, `dvc queue start` "
-                              "runs them again.")
+            only_queued = all("Queued" in line for line in waiting)
+            if restart is None or not only_queued or restarts >= len(names):
+                raise TlpipeError(f"{verb}: DVC's queue has no worker left and {len(waiting)} experiments waiting "
+                                  "(its worker stopped); `dvc queue logs NAME` shows why, `dvc queue start` "
+                                  "runs them again.")
+            print(f"{verb}: DVC's queue workers stopped with {len(waiting)} experiments queued; starting them again",
+                  file=sys.stderr)
+            restart()
+            restarts += 1
+            started, seen_a_worker = time.monotonic(), False
         time.sleep(QUEUE_POLL_S)
     raise TlpipeError(f"{verb}: the queue did not finish in {timeout_s:.0f} s; `dvc queue status` shows where it is "
                       "and `dvc exp show` what has finished.")
