@@ -36,8 +36,9 @@ def prepare(work: Path, epochs: int, quick: bool) -> list[Path]:
     subprocess.run(["git", "clone", "-q", str(common.REPO), str(first)], check=True)
     params = yaml.safe_load((first / "params.yaml").read_text())
     params["finetune"]["epochs"] = epochs
-    if quick:  # a smoke run: no range test, nothing frozen
+    if quick:  # a smoke run: no range test, nothing frozen, small images
         params["finetune"] |= {"lr": 0.003, "freeze_epochs": 0}
+        params["resize"]["size"] = 32
     (first / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run(["dvc", "repro", "-q", "extract-features"], cwd=first, check=True, env=env(None))
     second = first.parent / "b"

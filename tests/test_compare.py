@@ -3,7 +3,6 @@ metrics files, and the chart is written."""
 
 import io
 import json
-import time
 
 import dvc.api
 import numpy as np
@@ -12,6 +11,7 @@ import pytest
 from PIL import Image
 
 from conftest import make_image_tree, run
+from tlpipe.experiments import queue
 from test_pipeline import ran_stages, set_params
 
 pytestmark = pytest.mark.slow
@@ -19,14 +19,10 @@ pytestmark = pytest.mark.slow
 QUEUE_TIMEOUT_S = 1200
 
 
-def wait_for_queue(project) -> None:
-    deadline = time.monotonic() + QUEUE_TIMEOUT_S
-    while time.monotonic() < deadline:
-        status = run(["dvc", "queue", "status"], project).stdout
-        if not any(word in status for word in ("Queued", "Running")):
-            return
-        time.sleep(3)
-    raise AssertionError(f"the queue did not finish in {QUEUE_TIMEOUT_S} s:\n{status}")
+def wait_for_queue(project, names, jobs: int = 2) -> None:
+    """Until the experiments have run, starting DVC's workers again where they stopped themselves
+    early (tlpipe.experiments.queue, as tune and cv wait)."""
+    queue._wait(project, set(names), QUEUE_TIMEOUT_S, "test", restart=lambda: queue.start_workers(jobs, project, "test"))
 
 
 def test_compare_three_queued_experiments(dvc_project, tmp_path):
@@ -46,8 +42,8 @@ def test_compare_three_queued_experiments(dvc_project, tmp_path):
             "e-all": ["finetune.strategy=all", "finetune.epochs=2"]}
     for name, sets in grid.items():
         run(["dvc", "exp", "run", "--queue", "-n", name, *[arg for s in sets for arg in ("-S", s)]], project)
-    run(["dvc", "queue", "start", "-j", "2"], project)  # two at once, as on a GPU box (tlpipe.gpu_slots)
-    wait_for_queue(project)
+    queue.start_workers(2, project, "test")  # two at once, as on a GPU box (tlpipe.gpu_slots)
+    wait_for_queue(project, grid)
     failed = run(["dvc", "queue", "status"], project).stdout
     assert "Failed" not in failed, failed + run(["dvc", "queue", "logs", "e-head"], project, check=False).stdout
     for name in grid:  # each experiment reran only what its finetune.* params touch
