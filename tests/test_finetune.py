@@ -265,3 +265,32 @@ def test_an_epoch_shows_its_progress_on_a_terminal_and_only_there(monkeypatch, t
     else:
         assert drawn == "", drawn
     assert any(line.startswith("epoch 0:") for line in lines), lines
+
+
+def test_the_starting_model_is_validated_on_the_cached_features_with_the_same_figures():
+    """The starting model's body is the frozen backbone whose features extract-features cached: its
+    validation runs the head on them alone, and reads what a pass over the images reads."""
+    from tlpipe.train.features import extract_features
+
+    model, _ = tiny_model(head_init="probe")
+    train, val = tiny_data(16, 0), tiny_data(12, 1)
+    body_only = copy.deepcopy(model)
+    body_only.head = torch.nn.Identity()
+    features = extract_features(body_only, val.images, 5, torch.device("cpu"))  # as extract-features runs
+    passes = []
+    model.body.register_forward_hook(lambda *args: passes.append(1))
+    decision = ("balanced_accuracy", train.labels)
+
+    over_images, _ = ft.validate(model, val, tiny_cfg(), torch.device("cpu"), decision)
+    assert passes
+    passes.clear()
+    cached = ft.Split(val.images, val.labels, features=features)
+    on_features = ft.validate_start(model, cached, tiny_cfg(), torch.device("cpu"), decision)
+    assert not passes  # the backbone did not run
+    assert on_features.keys() == over_images.keys()
+    for name, value in over_images.items():
+        assert on_features[name] == pytest.approx(value, abs=1e-5), name
+
+    mismatched = ft.Split(val.images, val.labels, features=features[:, :7])  # not this backbone's: the images
+    assert ft.validate_start(model, mismatched, tiny_cfg(), torch.device("cpu"), decision) == pytest.approx(over_images)
+    assert passes

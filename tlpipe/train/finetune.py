@@ -46,6 +46,9 @@ class Split:
     images: np.ndarray   # (N, H, W, 3) uint8: a memory map or ShardedImages (tlpipe.data.cache.load_split)
     labels: np.ndarray   # (N,) int64
     groups: np.ndarray | None = None  # (N,) split.csv's groups, where rules are fitted on it (validation)
+    # (N, F) the frozen backbone's pooled features of these images as extract-features computed them
+    # (no flip TTA), where they are what the starting model's body computes: its validation reads them
+    features: np.ndarray | None = None
 
 
 @dataclass
@@ -137,6 +140,25 @@ def validate(model: Classifier, data: Split, cfg: FinetuneParams, device: torch.
     (`val_decision_metric`). Every rank computes the same figures (the logits are gathered on each)."""
     logits = predict_logits(model, data.images, cfg.batch_size * 2, device, cfg.channels_last, amp=cfg.amp,
                             ranks=ranks)
+    return validation_figures(logits, data, decision), logits
+
+
+def validate_start(model: Classifier, data: Split, cfg: FinetuneParams, device: torch.device,
+                   decision: tuple[str, np.ndarray] | None = None, ranks: Ranks = SINGLE) -> dict:
+    """The starting model's validation figures. Its body is the frozen backbone extract-features ran,
+    so where the cached features are at hand (`data.features`, a linear head) only the head runs on
+    them: the same logits but for float rounding, without a pass of the backbone over the images."""
+    if data.features is None or not isinstance(model.head, nn.Linear) or \
+            data.features.shape != (len(data.labels), model.head.in_features):
+        return validate(model, data, cfg, device, decision, ranks)[0]
+    model.eval()
+    with torch.no_grad():
+        logits = torch.cat([model.head(torch.from_numpy(np.array(data.features[part], dtype=np.float32)).to(device))
+                            .float().cpu() for part in batches(len(data.labels), 4096)])
+    return validation_figures(logits, data, decision)
+
+
+def validation_figures(logits: torch.Tensor, data: Split, decision: tuple[str, np.ndarray] | None = None) -> dict:
     labels = torch.from_numpy(np.array(data.labels))
     predicted = logits.argmax(1).numpy()
     extra = {}
@@ -150,7 +172,7 @@ def validate(model: Classifier, data: Split, cfg: FinetuneParams, device: torch.
         "val_balanced_accuracy": float(balanced_accuracy_score(data.labels, predicted)),
         # nan when predictions or labels hold one class only: no agreement beyond chance
         "val_quadratic_kappa": float(np.nan_to_num(cohen_kappa_score(data.labels, predicted, weights="quadratic"))),
-    }, logits
+    }
 
 
 def _training_setup(model: Classifier, train: Split, cfg: FinetuneParams, num_classes: int, device: torch.device,
@@ -221,7 +243,7 @@ def fit(model: Classifier, train: Split, val: Split, cfg: FinetuneParams, num_cl
         guard.start_head, first_epoch = saved["start_head"], saved["epoch"] + 1
         log(f"finetune: resuming after epoch {saved['epoch']} from {checkpoints.path} (same params, inputs and code)")
     elif guard.enabled:
-        result.start, _ = validate(run.validated, val, cfg, device, decision, ranks)
+        result.start = validate_start(run.validated, val, cfg, device, decision, ranks)
         guard.start_head = copy.deepcopy(model.head.state_dict())
         log(f"probe: val_loss {result.start['val_loss']:.4f} val_accuracy {result.start['val_accuracy']:.4f}")
     for epoch in range(first_epoch, cfg.epochs if not stopping.stopped else 0):
