@@ -19,7 +19,6 @@ depends on the run's length, which the last figure gives).
 """
 
 import json
-import os
 import sys
 import tempfile
 import time
@@ -105,7 +104,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as cache:  # each size compiles from nothing, as a first run does
             cmd = [sys.executable, __file__, "--child", str(size), "--backend", backend,
                    "--rounds", str(args.rounds), *(["--quick"] if args.quick else [])]
-            out, _, _ = common.run_measured(cmd, env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache})
+            out, _, _ = common.run_measured(cmd, env={"TORCHINDUCTOR_CACHE_DIR": cache})
         r = common.result_line(out)
         eager, compiled = (sum(r["rates"][k]) / len(r["rates"][k]) for k in ("eager", "compiled"))
         compile_s = r["compile_train_s"] + r["compile_eval_s"]

@@ -19,10 +19,10 @@ pytestmark = pytest.mark.slow
 QUEUE_TIMEOUT_S = 1200
 
 
-def wait_for_queue(project, names, jobs: int = 2) -> None:
+def wait_for_queue(project, names) -> None:
     """Until the experiments have run, starting DVC's workers again where they stopped themselves
     early (tlpipe.experiments.queue, as tune and cv wait)."""
-    queue._wait(project, set(names), QUEUE_TIMEOUT_S, "test", restart=lambda: queue.start_workers(jobs, project, "test"))
+    queue._wait(project, set(names), QUEUE_TIMEOUT_S, "test", restart=lambda: queue.start_workers(2, project, "test"))
 
 
 def test_compare_three_queued_experiments(dvc_project, tmp_path):

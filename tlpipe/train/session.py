@@ -71,7 +71,7 @@ def prepare(p: Params, device: torch.device, find_lr: bool | None = None, log=pr
     backbone = create_backbone(p.backbone.name, p.backbone.weights, spatial=cfg.head == "attention")
     probe = probe_features("train", backbone.num_features, cfg.probe_max_images, cfg.seed)  # large sets: a sample
     val_probe = probe_features("val", backbone.num_features)
-    if cfg.head == "linear" and not p.features.flip_tta:  # the starting model validates on these
+    if not p.features.flip_tta:  # what the starting model's body computes: its validation reads them
         val.features = val_probe.values
     choices: dict = {}
     head = None
