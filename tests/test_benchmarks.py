@@ -121,7 +121,7 @@ def test_the_mri_benchmark_runs_at_a_tiny_size(tmp_path):
     assert "brain MRI, carved test split" in stdout and "| " in stdout, stdout[-3000:]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def chest_project(tmp_path_factory):
     """bench_chest.py's project, run as written on the tiny chest zip at 64 px: the project that
     bench_choices, bench_frozen_epoch, bench_ddp and shot_plots work in."""

@@ -47,7 +47,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def project(tmp_path_factory):
     """A tiny three-class project up to extract-features; 61 training images, so batches of 8 end
     uneven (a last global batch of 5: ranks of 3 and 2 images)."""

@@ -16,6 +16,8 @@ from test_pipeline import STAGES, ran_stages, set_params
 from tlpipe.records import cached_outputs, git_outputs, record_path
 
 DVC_STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+# one worker under pytest -n: the machines below share one session-scoped laptop project, built once
+pytestmark = pytest.mark.xdist_group("remote")
 
 
 @pytest.mark.parametrize("stage", sorted(DVC_STAGES))
@@ -36,7 +38,7 @@ def skipped_stages(output: str) -> list[str]:
     return [s for s in STAGES if re.search(rf"Stage '{re.escape(s)}' is cached - skipping run", output)]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def laptop(tmp_path_factory):
     """A project that ran once and pushed everything, run-cache included, to a shared remote."""
     tmp = tmp_path_factory.mktemp("machines")

@@ -76,7 +76,9 @@ def test_workers_that_stopped_with_experiments_queued_are_started_again(monkeypa
         restarts.append(True)
 
     _worker_record(tmp_path, 1, os.getpid(), returncode=0)  # the first worker stopped
-    answers = iter([QUEUED.format("Queued"), QUEUED.format("Running"), QUEUED.format("Success")])
+    # queued with no worker, and still so when asked again; then the restarted worker runs it
+    answers = iter([QUEUED.format("Queued"), QUEUED.format("Queued"), QUEUED.format("Running"),
+                    QUEUED.format("Success")])
     monkeypatch.setattr(queue, "dvc", lambda args, cwd, verb: next(answers))
     monkeypatch.setattr(queue, "WORKER_START_S", 0)
     monkeypatch.setattr(queue, "QUEUE_POLL_S", 0)
@@ -87,6 +89,18 @@ def test_workers_that_stopped_with_experiments_queued_are_started_again(monkeypa
             worker.kill()
             worker.wait()
     assert restarts == [True] and next(answers, None) is None
+
+
+def test_an_experiment_that_finished_as_its_worker_stopped_is_not_an_error(monkeypatch, tmp_path):
+    """The status said Running, then the worker finished that last experiment and stopped before the
+    workers were counted: the status is asked again and says it is done."""
+    _worker_record(tmp_path, 1, os.getpid(), returncode=0)  # the worker stopped after its last experiment
+    answers = iter([QUEUED.format("Running"), QUEUED.format("Success")])
+    monkeypatch.setattr(queue, "dvc", lambda args, cwd, verb: next(answers))
+    monkeypatch.setattr(queue, "WORKER_START_S", 0)
+    monkeypatch.setattr(queue, "QUEUE_POLL_S", 0)
+    queue._wait(tmp_path, {"tune-x-1"}, timeout_s=60, verb="tune", restart=lambda: pytest.fail("nothing to restart"))
+    assert next(answers, None) is None
 
 
 @pytest.mark.parametrize("status, restarts_allowed", [("Running", 0), ("Queued", 1)])

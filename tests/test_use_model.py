@@ -14,10 +14,11 @@ from tlpipe.data.cache import load_split
 from tlpipe.model.inference import predict_logits
 from tlpipe.model.modelfile import load_model
 
-pytestmark = pytest.mark.slow
+# one worker under pytest -n: the tests share one session-scoped project, built once
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("use_model")]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def project(tmp_path_factory):
     """The whole pipeline run once on a small binary set (32 px, random weights)."""
     root = tmp_path_factory.mktemp("use_model")

@@ -65,25 +65,19 @@ def _wait(cwd: Path, names: set[str], timeout_s: float, verb: str,
     experiment. A running experiment whose worker is gone, or workers that keep stopping, end the wait
     with one line."""
     started = time.monotonic()
-    deadline, seen_a_worker, status_failures, restarts = started + timeout_s, False, 0, 0
+    deadline, seen_a_worker, restarts = started + timeout_s, False, 0
     while time.monotonic() < deadline:
-        try:
-            status = dvc(["dvc", "queue", "status"], cwd, verb)
-        except TlpipeError:
-            status_failures += 1
-            if status_failures >= STATUS_TRIES:
-                raise
-            time.sleep(QUEUE_POLL_S)
-            continue
-        status_failures = 0
-        waiting = [line for line in status.splitlines() if any(name in line for name in names)
-                   and ("Queued" in line or "Running" in line)]
-        if not waiting:
+        if not _waiting(cwd, names, verb):
             return
         workers = live_workers(cwd)
         seen_a_worker |= workers > 0
         # workers start in the background and take a few seconds to appear
         if workers == 0 and (seen_a_worker or time.monotonic() - started > WORKER_START_S):
+            # asked again now that no worker is left: the status above may predate the last one
+            # finishing its experiment and stopping
+            waiting = _waiting(cwd, names, verb)
+            if not waiting:
+                return
             only_queued = all("Queued" in line for line in waiting)
             if restart is None or not only_queued or restarts >= len(names):
                 raise TlpipeError(f"{verb}: DVC's queue has no worker left and {len(waiting)} experiments waiting "
@@ -97,6 +91,21 @@ def _wait(cwd: Path, names: set[str], timeout_s: float, verb: str,
         time.sleep(QUEUE_POLL_S)
     raise TlpipeError(f"{verb}: the queue did not finish in {timeout_s:.0f} s; `dvc queue status` shows where it is "
                       "and `dvc exp show` what has finished.")
+
+
+def _waiting(cwd: Path, names: set[str], verb: str) -> list[str]:
+    """`dvc queue status`'s lines of those of `names` that are queued or running. A status that fails
+    (DVC reading a file it is writing at that moment) is asked again, up to STATUS_TRIES times."""
+    for attempt in range(1, STATUS_TRIES + 1):
+        try:
+            status = dvc(["dvc", "queue", "status"], cwd, verb)
+            break
+        except TlpipeError:
+            if attempt == STATUS_TRIES:
+                raise
+            time.sleep(QUEUE_POLL_S)
+    return [line for line in status.splitlines() if any(name in line for name in names)
+            and ("Queued" in line or "Running" in line)]
 
 
 def live_workers(cwd: Path) -> int:
