@@ -2,8 +2,6 @@
 
 import time
 
-import torch
-
 from tlpipe import params
 from tlpipe.atomic import atomic_path, write_json
 from tlpipe.data.cache import load_preprocess
@@ -11,7 +9,7 @@ from tlpipe.distributed import finish, from_env, init, process_count, relaunch
 from tlpipe.model.decision import rule_summary
 from tlpipe.model.decision_fit import fit_rule
 from tlpipe.model.inference import image_probabilities
-from tlpipe.model.modelfile import model_checkpoint
+from tlpipe.model.modelfile import model_checkpoint, save_checkpoint
 from tlpipe.train.finetune import augmented_batch, fit
 from tlpipe.train.live import EpochLogger
 from tlpipe.train.resume import Checkpoints, input_key
@@ -68,8 +66,7 @@ def main() -> None:
         batch.save(tmp, format="PNG")
     # Always written (DVC declares it): the range test's curve with finetune.lr auto, else empty.
     write_json("plots/finetune/lr_find.json", session.lr_curve.rows if session.lr_curve else [])
-    with atomic_path("models/model.pt") as tmp:  # the model last: a stage that failed before leaves the old one
-        torch.save(checkpoint, tmp)
+    save_checkpoint(checkpoint, "models/model.pt")  # the model last: a stage that failed before leaves the old one
     checkpoints.clear()
 
 

@@ -2,11 +2,10 @@
 
 import time
 
-import torch
-
 from tlpipe import params
-from tlpipe.atomic import atomic_path, write_json
+from tlpipe.atomic import write_json
 from tlpipe.data.cache import load_classes, load_features, load_groups, load_spatial_features, load_split
+from tlpipe.model.modelfile import save_checkpoint
 from tlpipe.train.head import train_head
 from tlpipe.runtime import share_cpu
 from tlpipe.train.sample import bounded_sample, take_rows
@@ -27,8 +26,7 @@ def main() -> None:
     val_groups = load_groups(load_split("data/cache", "val")[2]["path"])  # feature rows are the cache's rows
     checkpoint, metrics, curve = train_head(cfg, x, y, x_val, y_val, load_classes("data/cache"),
                                           p.evaluate.decision_metric, val_groups)
-    with atomic_path("models/head.pt") as tmp:
-        torch.save(checkpoint, tmp)
+    save_checkpoint(checkpoint, "models/head.pt")
     write_json("metrics/train_head.json", metrics | {"wall_s": round(time.perf_counter() - started, 1)})
     write_json("plots/train_head/curve.json", curve)
     chosen = "".join(f", {k} {v:g} (chosen on validation)" for k, v in metrics.get("chosen_on_val", {}).items()

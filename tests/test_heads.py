@@ -12,7 +12,7 @@ from tlpipe.errors import TlpipeError
 from tlpipe.model.backbones import create_backbone
 from tlpipe.model.classifier import AttentionHead, AttentionPool
 from tlpipe.model.inference import feature_probabilities, predict_logits
-from tlpipe.model.modelfile import load_head, load_model, model_checkpoint
+from tlpipe.model.modelfile import head_checkpoint, load_head, load_model, model_checkpoint, save_checkpoint
 from tlpipe.params import validate
 from tlpipe.train import finetune as ft
 from tlpipe.train.head import train_head
@@ -150,3 +150,16 @@ def test_the_torch_head_decays_its_weights_only(monkeypatch):
     kept = [p for g in groups if g.get("weight_decay") == 0.0 for p in g["params"]]
     assert decayed and kept and len(decayed) + len(kept) == sum(len(g["params"]) for g in groups)
     assert all(p.ndim > 1 for p in decayed) and all(p.ndim == 1 for p in kept)  # biases and norm scales kept
+
+
+def test_the_same_head_is_saved_as_the_same_bytes_and_reads_back(tmp_path):
+    """DVC hashes model files: a file that carried its temporary name would look new on every run."""
+    torch.manual_seed(0)
+    checkpoint = head_checkpoint(torch.nn.Linear(16, 3), CLASSES)
+    for name in ("one", "two"):
+        save_checkpoint(checkpoint, tmp_path / name / "head.pt")
+    assert (tmp_path / "one" / "head.pt").read_bytes() == (tmp_path / "two" / "head.pt").read_bytes()
+    head, read = load_head(tmp_path / "one" / "head.pt")
+    assert read["classes"] == CLASSES
+    assert torch.equal(head.weight, checkpoint["state_dict"]["weight"])
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == ["head.pt", "head.pt"]  # no temporary left

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tlpipe.atomic import atomic_path
 from tlpipe.errors import TlpipeError
 from tlpipe.model.backbones import create_backbone
 from tlpipe.model.classifier import AttentionHead, Classifier, make_head
@@ -66,6 +67,16 @@ def model_checkpoint(model: Classifier, backbone_name: str, classes: list[str], 
         "rule": rule,
         "state_dict": _tensors(model),
     }
+
+
+def save_checkpoint(checkpoint: dict, path: str | os.PathLike) -> None:
+    """Write a checkpoint to `path` atomically, the same checkpoint always as the same bytes.
+
+    torch.save names the archive inside the file after the path it is given, which here would be
+    atomic_path's random temporary name: every run's file would differ and DVC would take an
+    unchanged model for a new one. Saved through an open file, the archive is always "archive"."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as file:
+        torch.save(checkpoint, file)
 
 
 def _read(path: str | os.PathLike, expected_format: str, producer: str) -> dict:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tlpipe.atomic import atomic_path
+from tlpipe.model.modelfile import save_checkpoint
 from tlpipe.params import FinetuneParams, Params
 
 RESUME_FILE = Path(".tlpipe/resume/finetune.pt")
@@ -95,8 +95,7 @@ class Checkpoints:
         self._loaded: dict | None = None   # read once: a checkpoint can be hundreds of MB
 
     def save(self, state: dict) -> None:
-        with atomic_path(self.path) as tmp:
-            torch.save(plain({"key": self.key, **state}), tmp)
+        save_checkpoint(plain({"key": self.key, **state}), self.path)
 
     def load(self) -> dict | None:
         """The saved state when it matches this run's key, else None (a stale one is removed)."""
