@@ -4,6 +4,8 @@ validation it maximises the metric it was fitted for, and it travels with the mo
 
 import itertools
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -224,6 +226,18 @@ def test_rule_survives_export(model_with_rule, fmt):
     assert np.abs(probs - model_with_rule["probs"]).max() <= 1e-4
     # and the sidecar's rule, applied to the exported probabilities, gives the same decisions
     assert np.array_equal(decide(probs, {"offsets": sidecar["decision"]["offsets"]}), model_with_rule["decided"])
+
+
+def test_the_same_model_exports_to_the_same_torchscript_bytes(model_with_rule):
+    """Two `tlpipe export` runs, each its own process (within one process, tracing again renames the
+    classes it records)."""
+    root = model_with_rule["root"]
+    outs = [root / name / "exported.torchscript.pt" for name in ("one", "two")]
+    for out in outs:
+        subprocess.run([sys.executable, "-m", "tlpipe.cli", "export", "--format", "torchscript",
+                        "--model", str(root / "model.pt"), "--out", str(out), "--cache", str(root / "cache")],
+                       check=True, capture_output=True, timeout=300)
+    assert outs[0].read_bytes() == outs[1].read_bytes()
 
 
 def test_validation_halves_keep_groups_whole_and_classes_balanced():

@@ -63,7 +63,8 @@ def _export_torchscript(model: nn.Module, example: torch.Tensor, out: Path):
         warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
         with torch.no_grad():
             traced = torch.jit.trace(model, example)
-        traced.save(str(out))
+        with open(out, "wb") as file:  # through a file, the archive inside is not named after the temporary path
+            torch.jit.save(traced, file)
         loaded = torch.jit.load(str(out))
     return lambda x: tuple(t.detach().numpy() for t in loaded(torch.from_numpy(x)))
 
