@@ -144,7 +144,7 @@ def compare(args: argparse.Namespace) -> None:
 
 def tune(args: argparse.Namespace) -> None:
     """A validation-only search: every point of the grid (--space KEY=V1,V2 ..., default
-    finetune.aug_scale_min=0.35,0.8 finetune.epochs=8,12 finetune.lr=0.001,auto) is queued as a DVC
+    finetune.aug_scale_min=0.35,0.8 finetune.epochs=8,12 finetune.lr=0.002,auto) is queued as a DVC
     experiment of the finetune stage alone, so the test split is never read; the queue runs them,
     each is scored by its fine-tuned model's validation figure (--metric, from its
     metrics/finetune.json), and the table and the best point are written to OUT; --apply writes the

@@ -24,7 +24,7 @@ from tlpipe.experiments.queue import run_queued
 # The default space: augmentation strength, length of the schedule, learning rate (auto: the range
 # test) -- 8 points, each a full finetune. Input size is left out: every size recomputes the cache
 # and the features; add `resize.size=224,299` to search it.
-DEFAULT_SPACE = {"finetune.aug_scale_min": [0.35, 0.8], "finetune.epochs": [8, 12], "finetune.lr": [0.001, "auto"]}
+DEFAULT_SPACE = {"finetune.aug_scale_min": [0.35, 0.8], "finetune.epochs": [8, 12], "finetune.lr": [0.002, "auto"]}
 
 
 @dataclass
