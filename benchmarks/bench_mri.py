@@ -36,8 +36,7 @@ def set_params(project: Path, changes: dict) -> None:
 
 
 def main() -> int:
-    p = common.parser(__doc__.splitlines()[0])
-    p.set_defaults(data=DEFAULT_MRI)
+    p = common.parser(__doc__.splitlines()[0], data=DEFAULT_MRI)
     p.add_argument("--split", choices=("shipped", "carved"), default="shipped")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args()

@@ -23,10 +23,10 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "chest-xray-pneumonia-224.zip"
 DEFAULT_WORK = Path(os.environ.get("TLPIPE_BENCH_WORK", f"/tmp/tlpipe-bench-{os.getuid()}"))
 
 
-def parser(description: str) -> argparse.ArgumentParser:
+def parser(description: str, data: Path = DEFAULT_DATA) -> argparse.ArgumentParser:
+    """The options every benchmark takes; `data` is its default data set (the chest X-ray zip)."""
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA,
-                   help=f"the chest X-ray zip (default: {DEFAULT_DATA})")
+    p.add_argument("--data", type=Path, default=data, help=f"the data set's zip (default: {data})")
     p.add_argument("--work", type=lambda value: Path(value).expanduser().resolve(), default=DEFAULT_WORK,
                    help="scratch folder for extracted images and caches, reused between runs (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="a small smoke run: fewer images, one round")
@@ -37,8 +37,8 @@ def check_data(path: Path) -> Path:
     path = path.expanduser().resolve()
     if not path.is_file():
         sys.exit(f"benchmark data not found: {path}\n"
-                 "Put the chest X-ray zip (chest-xray-pneumonia-224.zip, see ../shared/data/README.md) "
-                 "there, or pass --data PATH.")
+                 f"Put {path.name} there (the data sets are described in ../shared/data/README.md), "
+                 "or pass --data PATH.")
     return path
 
 
