@@ -16,7 +16,7 @@ here both caps are set below N's training split so that N and 4N are both in the
     python benchmarks/bench_scale.py            # N = 20000 (and 80000): ~15 min on 2 cores
     python benchmarks/bench_scale.py --n 5000   # ~2 min; 15,000 added images cannot tell 1 KB each
                                                 # from finetune's ~20 MiB run-to-run spread
-    python benchmarks/bench_scale.py --quick    # N = 1000: a smoke run, not the targets' sizes
+    python benchmarks/bench_scale.py --quick    # N = 1000, one run each: a smoke run, not the targets' sizes
 """
 
 import io
@@ -102,14 +102,14 @@ def main() -> int:
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--child", help=argparse_hidden())
     p.add_argument("--project", type=Path, help=argparse_hidden())
-    p.add_argument("--n", type=int, default=20000, help="N: the smaller size (the larger is 4N; default %(default)s)")
+    p.add_argument("--n", type=int, default=None, help="N: the smaller size (the larger is 4N; default 20000, quick 1000)")
     p.add_argument("--repeats", type=int, default=3,
                    help="runs of each stage at each size; the median peak is reported (default %(default)s)")
     args = p.parse_args()
     if args.child:
         print("RESULT " + json.dumps(child(args.child, args.project)), flush=True)
         return 0
-    n = 1000 if args.quick else args.n
+    n = args.n or (1000 if args.quick else 20000)
     summary = common.Summary(f"bench_scale: peak memory of four stages at N = {n} and 4N = {4 * n} "
                              f"generated {SIZE} px images (head/probe sample cap {CAP})")
     figures: dict[int, dict] = {}

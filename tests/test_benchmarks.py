@@ -101,7 +101,7 @@ ON_THE_CHEST_ZIP = {"bench_resize.py": [], "bench_input.py": ["--n", "64"], "ben
 ON_GENERATED_DATA = {"bench_source.py": ["--files", "300"], "bench_decision.py": ["--seeds", "1"],
                      # N frames, 500 a class: 1,000 and 4,000 images; no MRI zip there: its recall is skipped
                      "bench_near_duplicates.py": ["--n", "1000", "--data", "no-mri.zip", "--work", "work"],
-                     "bench_scale.py": ["--quick", "--work", "work"], "bench_concurrent.py": ["--quick", "--work", "work"],
+                     "bench_scale.py": ["--quick", "--n", "200", "--work", "work"], "bench_concurrent.py": ["--quick", "--work", "work"],
                      "bench_compile.py": ["--quick"]}
 
 
