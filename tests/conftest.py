@@ -1,3 +1,4 @@
+import fcntl
 import io
 import os
 import shutil
@@ -118,3 +119,64 @@ def make_dvc_project(project: Path) -> Path:
     shutil.copytree(REPO / ".dvc" / "plots", project / ".dvc" / "plots")
     run(["dvc", "config", "plots.html_template", "plots/offline.html"], project)
     return project
+
+
+# The tiny run most end-to-end tests start from: three classes of 30 random 12 px PNGs, 32 px, random
+# weights, two epochs.
+TINY_RUN = {"resize.size": 32, "backbone.weights": "none", "finetune.epochs": 2, "finetune.batch_size": 16,
+            "features.batch_size": 32}
+TINY_CLASSES = ("circle", "cross", "square")
+
+
+def set_params(project: Path, **changes) -> None:
+    """changes: {'section.key': value}; a data.source comes with its data.track, as `tlpipe source` sets it."""
+    from tlpipe.params import track_for
+
+    path = project / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    if "data.source" in changes:
+        changes = {"data.track": track_for(changes["data.source"])} | changes
+    for dotted, value in changes.items():
+        section, key = dotted.split(".")
+        params[section][key] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="session")
+def tiny_run_template(tmp_path_factory, worker_id) -> Path:
+    """A project after `dvc repro` of TINY_RUN, committed ("pipeline", then "reference run"). Built
+    once per test session, shared by the xdist workers (a file lock), and never changed: tests take
+    a copy (the `tiny_run` fixture). Its images stay where they are, read by every copy."""
+    shared = tmp_path_factory.getbasetemp()
+    if worker_id != "master":  # each xdist worker has its own basetemp under the session's
+        shared = shared.parent
+    root = shared / "tiny_run"
+    with open(shared / "tiny_run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / "done").exists():
+            if root.exists():  # a worker failed half-way: start again
+                shutil.rmtree(root)
+            make_image_tree(root / "images", {name: 30 for name in TINY_CLASSES})
+            project = make_dvc_project(root / "project")
+            set_params(project, **{"data.source": f"path:{root / 'images'}"}, **TINY_RUN)
+            run(["git", "add", "-A"], project)
+            run(["git", "commit", "-qm", "pipeline"], project)
+            run(["dvc", "repro"], project)
+            run(["git", "add", "-A"], project)
+            run(["git", "commit", "-qm", "reference run"], project)
+            (root / "done").touch()
+    return root / "project"
+
+
+def copy_project(source: Path, project: Path) -> Path:
+    """A private copy of a project: Git history, DVC cache and run-cache, outputs (not DVC's
+    per-repository state in .dvc/tmp)."""
+    shutil.copytree(source, project, symlinks=True,
+                    ignore=lambda folder, names: ["tmp"] if Path(folder).name == ".dvc" else [])
+    return project
+
+
+@pytest.fixture
+def tiny_run(tiny_run_template, tmp_path) -> Path:
+    """This test's own copy of the finished tiny run."""
+    return copy_project(tiny_run_template, tmp_path / "project")

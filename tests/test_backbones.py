@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from conftest import make_image_tree, run
-from test_pipeline import STAGES, ran_stages, set_params
+from conftest import make_image_tree, run, set_params
+from test_pipeline import STAGES, ran_stages
 from tlpipe.data.cache import load_split
 from tlpipe.model.backbones import create_backbone
 from tlpipe.model.classifier import Classifier

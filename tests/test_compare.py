@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import make_image_tree, run
+from conftest import run
 from tlpipe.experiments import queue
-from test_pipeline import ran_stages, set_params
+from test_pipeline import ran_stages
 
 pytestmark = pytest.mark.slow
 
@@ -25,21 +25,11 @@ def wait_for_queue(project, names) -> None:
     queue._wait(project, set(names), QUEUE_TIMEOUT_S, "test", restart=lambda: queue.start_workers(2, project, "test"))
 
 
-def test_compare_three_queued_experiments(dvc_project, tmp_path):
-    project = dvc_project
-    make_image_tree(tmp_path / "images", {"circle": 24, "square": 24})
-    set_params(project, **{
-        "data.source": f"path:{tmp_path / 'images'}", "resize.size": 32, "backbone.weights": "none",
-        "finetune.epochs": 1, "finetune.batch_size": 16, "features.batch_size": 32, "report.top_losses": 4,
-    })
-    run(["git", "add", "-A"], project)
-    run(["git", "commit", "-qm", "pipeline"], project)
-    run(["dvc", "repro"], project)
-    run(["git", "add", "-A"], project)
-    run(["git", "commit", "-qm", "baseline run"], project)
-
-    grid = {"e-head": ["finetune.strategy=head"], "e-last": ["finetune.strategy=last_blocks", "finetune.unfreeze=2"],
-            "e-all": ["finetune.strategy=all", "finetune.epochs=2"]}
+def test_compare_three_queued_experiments(tiny_run):
+    project = tiny_run
+    grid = {"e-head": ["finetune.strategy=head", "finetune.epochs=1"],
+            "e-last": ["finetune.strategy=last_blocks", "finetune.unfreeze=2", "finetune.epochs=1"],
+            "e-all": ["finetune.strategy=all", "finetune.freeze_epochs=0"]}  # the reference run's 2 epochs
     for name, sets in grid.items():
         run(["dvc", "exp", "run", "--queue", "-n", name, *[arg for s in sets for arg in ("-S", s)]], project)
     queue.start_workers(2, project, "test")  # two at once, as on a GPU box (tlpipe.gpu_slots)

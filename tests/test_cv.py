@@ -9,8 +9,7 @@ import os
 import pandas as pd
 import pytest
 
-from conftest import default_params, make_dvc_project, make_image_tree, run
-from test_pipeline import set_params
+from conftest import default_params, make_dvc_project, make_image_tree, run, set_params
 from test_split import patient_tree, split_of
 from tlpipe.errors import TlpipeError
 from tlpipe.params import validate

@@ -18,8 +18,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import make_image_tree, png_bytes, run
-from test_pipeline import ran_stages, set_params
+from conftest import make_image_tree, png_bytes, run, set_params
+from test_pipeline import ran_stages
 
 pytestmark = pytest.mark.slow
 

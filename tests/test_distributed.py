@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import learnable_tree, run
-from test_pipeline import set_params
+from conftest import learnable_tree, run, set_params
 
 # one worker runs them all (pyproject: --dist loadgroup), so the tiny project is built once
 pytestmark = [pytest.mark.slow, pytest.mark.distributed, pytest.mark.xdist_group("distributed")]

@@ -14,7 +14,7 @@ import time
 import pytest
 import yaml
 
-from conftest import make_image_tree, run
+from conftest import run, set_params
 from test_offline_plots import remote_scripts
 
 pytestmark = pytest.mark.slow
@@ -24,20 +24,6 @@ VEGA_PLOTS = ("reliability", "confusion_finetuned", "confusion_finetuned_normali
 KEEP = r"^(finetuned|head)\.(val|test)\."  # the README's --keep
 HEADLINE = ("finetuned.val.accuracy", "finetuned.val.balanced_accuracy", "finetuned.test.accuracy",
             "finetuned.test.balanced_accuracy", "head.val.accuracy", "head.test.accuracy")
-
-
-def tiny_project(project, images, **changes):
-    make_image_tree(images, {"circle": 30, "square": 30, "cross": 30})
-    path = project / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    changes = {"data.source": f"path:{images}", "data.track": str(images), "resize.size": 32, "backbone.weights": "none",
-               "finetune.epochs": 2, "finetune.batch_size": 16, "features.batch_size": 32} | changes
-    for dotted, value in changes.items():
-        section, key = dotted.split(".")
-        params[section][key] = value
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["git", "add", "-A"], project)
-    run(["git", "commit", "-qm", "pipeline"], project)
 
 
 def exp_show(project, *options) -> tuple[list[str], list[dict]]:
@@ -61,12 +47,8 @@ def rendered_dom(page) -> str | None:
     return result.stdout
 
 
-def test_plots_offline_and_experiments_in_one_screen(dvc_project, tmp_path):
-    project = dvc_project
-    tiny_project(project, tmp_path / "images")
-    run(["dvc", "repro"], project)
-    run(["git", "add", "-A"], project)
-    run(["git", "commit", "-qm", "reference run"], project)
+def test_plots_offline_and_experiments_in_one_screen(tiny_run):
+    project = tiny_run
 
     # `dvc plots show`: DVC's page with the template of .dvc/config: vega inline, no CDN script.
     run(["dvc", "plots", "show", "-o", "plots_html"], project)
@@ -123,10 +105,10 @@ def test_plots_offline_and_experiments_in_one_screen(dvc_project, tmp_path):
     assert values == sorted(values, reverse=True)
 
 
-def test_live_metrics_move_while_finetune_runs(dvc_project, tmp_path):
-    project = dvc_project
-    tiny_project(project, tmp_path / "images", **{"finetune.epochs": 6, "finetune.patience": 0})
-    run(["dvc", "repro", "extract-features"], project)
+def test_live_metrics_move_while_finetune_runs(tiny_run):
+    project = tiny_run
+    set_params(project, **{"finetune.epochs": 6, "finetune.patience": 0})
+    shutil.rmtree(project / "live" / "finetune")  # as `dvc repro` removes a stage's outputs before it runs
     metrics = project / "live" / "finetune" / "metrics.json"
     stage = subprocess.Popen([sys.executable, "stages/finetune.py"], cwd=project,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

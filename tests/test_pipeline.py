@@ -7,29 +7,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 
-from conftest import make_image_tree, run
+from conftest import make_image_tree, run, set_params
 from tlpipe.data.cache import load_split
 from tlpipe.model.inference import predict_logits
 from tlpipe.model.modelfile import load_model
-from tlpipe.params import track_for
 
 pytestmark = pytest.mark.slow
 
 STAGES = ["download", "split", "resize", "extract-features", "train-head", "finetune", "evaluate", "report", "summary"]
-
-
-def set_params(project, **changes):
-    """changes: {'section.key': value}; a data.source comes with its data.track, as `tlpipe source` sets it."""
-    path = project / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    if "data.source" in changes:
-        changes.setdefault("data.track", track_for(changes["data.source"]))
-    for dotted, value in changes.items():
-        section, key = dotted.split(".")
-        params[section][key] = value
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def ran_stages(output: str) -> list[str]:

@@ -11,8 +11,8 @@ import re
 import pytest
 import yaml
 
-from conftest import REPO, make_dvc_project, make_image_tree, run
-from test_pipeline import STAGES, ran_stages, set_params
+from conftest import REPO, make_dvc_project, make_image_tree, run, set_params
+from test_pipeline import STAGES, ran_stages
 from tlpipe.records import cached_outputs, git_outputs, record_path
 
 DVC_STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]

@@ -10,8 +10,8 @@ import dvc.api
 import pandas as pd
 import pytest
 import yaml
-from conftest import make_dvc_project, make_image_tree, run
-from test_pipeline import ran_stages, set_params
+from conftest import make_dvc_project, make_image_tree, run, set_params
+from test_pipeline import ran_stages
 
 pytestmark = pytest.mark.slow
 
@@ -71,15 +71,10 @@ def test_tune_refuses_a_bad_space_with_one_line(dvc_project):
     assert "is not KEY=VALUE[,VALUE...]" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_compare_leaves_blank_what_a_tune_point_never_computed(tmp_path):
+def test_compare_leaves_blank_what_a_tune_point_never_computed(tiny_run):
     """A tune point runs finetune alone: its evaluate.json is its baseline's, so its row shows no
     evaluate figure (a table row carries only figures computed for it), while the baseline's does."""
-    images = tmp_path / "images"
-    make_image_tree(images, {"circle": 30, "square": 30})
-    project = tune_project(tmp_path / "project", images)
-    run(["dvc", "repro"], project)
-    run(["git", "add", "-A"], project)
-    run(["git", "commit", "-qm", "baseline"], project)
+    project = tiny_run
     run(["tlpipe", "tune", *SPACE], project)
     names = [p["name"] for p in json.loads((project / "outputs" / "tune.json").read_text())["points"]]
     run(["tlpipe", "compare", "--out", "cmp", "HEAD", *names], project)

@@ -7,31 +7,22 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 
-from conftest import make_dvc_project, make_image_tree, run
+from conftest import TINY_CLASSES, copy_project, make_image_tree, run
 from tlpipe.data.cache import load_split
 from tlpipe.model.inference import predict_logits
 from tlpipe.model.modelfile import load_model
 
-# one worker under pytest -n: the tests share one session-scoped project, built once
+# one worker under pytest -n: the tests share one session-scoped copy of the tiny run
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("use_model")]
+PROBS = [f"prob_{name}" for name in TINY_CLASSES]
 
 
 @pytest.fixture(scope="session")
-def project(tmp_path_factory):
-    """The whole pipeline run once on a small binary set (32 px, random weights)."""
-    root = tmp_path_factory.mktemp("use_model")
-    make_image_tree(root / "images", {"circle": 40, "square": 40})
-    project = make_dvc_project(root / "project")
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["data"]["source"], params["data"]["track"] = f"path:{root / 'images'}", str(root / "images")
-    params["resize"]["size"] = 32
-    params["backbone"]["weights"] = "none"
-    params["finetune"].update(epochs=2, batch_size=16)
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["dvc", "repro"], project)
-    return project
+def project(tiny_run_template, tmp_path_factory):
+    """The whole pipeline run once on the tiny run's three classes (32 px, random weights): this
+    module's own copy, into which its tests export models and draw plots."""
+    return copy_project(tiny_run_template, tmp_path_factory.mktemp("use_model") / "project")
 
 
 def tlpipe(project, *args, check=True):
@@ -47,8 +38,8 @@ def test_predict_reports_the_corrupt_file_and_classifies_the_rest(project, tmp_p
     result = tlpipe(project, "predict", str(folder), "--out", str(out))
     table = pd.read_csv(out)
     assert sorted(table["path"]) == sorted(str(p) for p in (folder / "nested" / "x").glob("*.png"))
-    assert set(table["predicted"]) <= {"circle", "square"}
-    assert np.allclose(table[["prob_circle", "prob_square"]].sum(axis=1), 1, atol=1e-5)
+    assert set(table["predicted"]) <= set(TINY_CLASSES)
+    assert np.allclose(table[PROBS].sum(axis=1), 1, atol=1e-5)
     skipped = pd.read_csv(tmp_path / "predictions.skipped.csv")
     assert set(skipped["path"]) == {f"{folder}/corrupt.jpg", f"{folder}/notes.txt"}
     assert "corrupt.jpg" in result.stderr and "2 files skipped" in result.stderr
@@ -61,8 +52,7 @@ def test_predictions_on_the_test_images_equal_evaluates(project, tmp_path):
     tlpipe(project, "predict", *files, "--out", str(out), "--batch-size", "5")
     predicted = pd.read_csv(out).set_index("path").loc[files]
     assert list(predicted["predicted"]) == list(evaluated["predicted"])
-    probs = ["prob_circle", "prob_square"]
-    assert np.allclose(predicted[probs].to_numpy(), evaluated[probs].to_numpy(), atol=1e-5)
+    assert np.allclose(predicted[PROBS].to_numpy(), evaluated[PROBS].to_numpy(), atol=1e-5)
     _, meta = load_model(project / "models" / "model.pt")
     assert meta["rule"]["metric"] == "balanced_accuracy" and meta["preprocess"] == {"size": 32, "mode": "squash", "contrast": "none"}
 
@@ -81,7 +71,7 @@ def test_exported_model_reproduces_pytorch_probabilities(project, fmt, suffix):
     exported = project / "models" / f"model{suffix}"
     sidecar = json.loads((project / "models" / f"model{suffix}.json").read_text())
     assert "matches PyTorch" in result.stdout and sidecar["checked"]["max_abs_difference"] <= 1e-4
-    assert sidecar["input"]["shape"][1:] == [3, 32, 32] and sidecar["output"]["classes"] == ["circle", "square"]
+    assert sidecar["input"]["shape"][1:] == [3, 32, 32] and sidecar["output"]["classes"] == list(TINY_CLASSES)
 
     model, _ = load_model(project / "models" / "model.pt")
     images, _, _ = load_split(project / "data" / "cache", "test")
@@ -119,14 +109,14 @@ def test_the_python_api_predicts_what_the_cli_writes(project, tmp_path):
     (folder / "notes.txt").write_text("not an image")
     model = tlpipe.load(project / "models" / "model.pt", device="cpu")
     table = model.predict([folder])
-    assert model.classes == ["circle", "square"] and len(table) == 4
+    assert model.classes == list(TINY_CLASSES) and len(table) == 4
     assert [s["path"] for s in table.attrs["skipped"]] == [f"{folder}/notes.txt"]
     out = tmp_path / "cli.csv"
     run(["python", "-m", "tlpipe.cli", "predict", str(folder), "--out", str(out)], project)
     cli = pd.read_csv(out)
     assert list(cli["path"]) == list(table["path"]) and list(cli["predicted"]) == list(table["predicted"])
-    assert np.allclose(cli[["prob_circle", "prob_square"]], table[["prob_circle", "prob_square"]], atol=1e-6)
+    assert np.allclose(cli[PROBS], table[PROBS], atol=1e-6)
     one = str(next((folder / "x").glob("*.png")))
     said = run(["python", "-c", "import tlpipe; m = tlpipe.load('models/model.pt'); "
                 f"print(m.predict(['{one}']).to_string(index=False))"], project).stdout
-    assert "predicted" in said and ("circle" in said or "square" in said)
+    assert "predicted" in said and any(name in said for name in TINY_CLASSES)
