@@ -5,7 +5,6 @@ import hashlib
 import json
 import os
 import runpy
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, default_params, make_image_tree, run, split_cfg
+from conftest import REPO, TINY_RUN, default_params, make_dvc_project, make_image_tree, run, set_params, split_cfg
 from tlpipe.data.raw import RawData
 from tlpipe.data.split import build_split, write_split_csv
 from tlpipe.stage import INTERRUPTED
@@ -37,15 +36,6 @@ setattr(target, name, slow)
 sys.argv = [script]
 runpy.run_path(script, run_name="__main__")
 """
-
-
-def set_params(project: Path, **changes) -> None:
-    """changes: {'section__key': value}."""
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    for dotted, value in changes.items():
-        section, key = dotted.split("__")
-        params[section][key] = value
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def start(project: Path, script: str, slowed: tuple[str, str, float] | None = None) -> subprocess.Popen:
@@ -124,7 +114,7 @@ def test_killed_resize_keeps_the_previous_cache_and_reruns_cleanly(resize_projec
     project, data = resize_project, resize_project / "data"
     assert finish(start(project, "resize.py"))[0] == 0
     before = snapshot(data / "cache") | {"resize.json": snapshot(project / "metrics")["resize.json"]}
-    set_params(project, resize__size=24)
+    set_params(project, **{"resize.size": 24})
     process = start(project, "resize.py", slowed=("tlpipe.data.resize", "decode_or_reason", 0.05))
     wait_until(lambda: any(any(p.glob("train-*.partial.npy")) for p in partials(data)), process)
     time.sleep(0.3)
@@ -140,8 +130,8 @@ def test_killed_resize_keeps_the_previous_cache_and_reruns_cleanly(resize_projec
 
 @pytest.fixture
 def torch_project(resize_project):
-    set_params(resize_project, backbone__weights="none", features__batch_size=4, features__device="cpu",
-               finetune__device="cpu", finetune__batch_size=8, finetune__epochs=30)
+    set_params(resize_project, **{"backbone.weights": "none", "features.batch_size": 4, "features.device": "cpu",
+                                  "finetune.device": "cpu", "finetune.batch_size": 8, "finetune.epochs": 30})
     assert finish(start(resize_project, "resize.py"))[0] == 0
     return resize_project
 
@@ -169,33 +159,16 @@ def test_interrupted_finetune_writes_no_model_and_reruns_cleanly(torch_project, 
     check_killed(process, "SIGINT")
     assert not (torch_project / "models").exists() or list((torch_project / "models").iterdir()) == []
     assert not (torch_project / "metrics" / "finetune.json").exists()
-    set_params(torch_project, finetune__epochs=1)
+    set_params(torch_project, **{"finetune.epochs": 1})
     code, err = finish(start(torch_project, "finetune.py"))
     assert code == 0, err
     assert (torch_project / "models" / "model.pt").exists() and partials(torch_project / "models") == []
 
 
-def new_dvc_project(project: Path, images: Path) -> Path:
-    project.mkdir()
-    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
-        shutil.copy(REPO / name, project / name)
-    shutil.copytree(REPO / "stages", project / "stages")
-    shutil.copytree(REPO / "tlpipe", project / "tlpipe", ignore=shutil.ignore_patterns("__pycache__"))
-    params = default_params()
-    params["data"]["source"], params["data"]["track"] = f"path:{images}", str(images)
-    params["resize"]["size"] = 32
-    params["backbone"]["weights"] = "none"
-    params["features"]["batch_size"] = 32
-    params["finetune"] |= {"epochs": 2, "batch_size": 16}
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for command in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):
-        run(command, project)
-    return project
-
-
 def test_killed_stage_is_rerun_by_dvc_repro(tmp_path):
     make_image_tree(tmp_path / "images", {"a": 30, "b": 30})
-    project = new_dvc_project(tmp_path / "project", tmp_path / "images")
+    project = make_dvc_project(tmp_path / "project")
+    set_params(project, **{"data.source": f"path:{tmp_path / 'images'}"}, **TINY_RUN)
     run(["dvc", "repro", "split"], project)
     process = start(project, "resize.py", slowed=("tlpipe.data.resize", "decode_or_reason", 0.05))
     wait_until(lambda: bool(partials(project / "data")), process)
@@ -220,12 +193,12 @@ def metrics_rounded(project: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_same_params_and_data_give_the_same_files_and_metrics(tmp_path):
-    make_image_tree(tmp_path / "images", {"a": 16, "b": 16, "c": 16})
-    projects = [new_dvc_project(tmp_path / name, tmp_path / "images") for name in ("one", "two")]
-    for project in projects:
-        run(["dvc", "repro"], project)
-    one, two = projects
+def test_same_params_and_data_give_the_same_files_and_metrics(tiny_run_template, tmp_path):
+    """A second project, run from nothing on the tiny run's images and params, against the tiny run."""
+    one = tiny_run_template  # read, never changed
+    two = make_dvc_project(tmp_path / "two")
+    set_params(two, **{"data.source": f"path:{one.parent / 'images'}"}, **TINY_RUN)
+    run(["dvc", "repro"], two)
     assert (one / "data" / "split.csv").read_bytes() == (two / "data" / "split.csv").read_bytes()
     assert snapshot(one / "data" / "cache") == snapshot(two / "data" / "cache")
     # byte for byte: DVC hashes the model files, and the same model must not look like a new one
