@@ -1,6 +1,7 @@
 import fcntl
 import io
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -97,6 +98,18 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
     return result
 
 
+STAGES = ["download", "split", "resize", "extract-features", "train-head", "finetune", "evaluate", "report", "summary"]
+
+
+def ran_stages(output: str) -> list[str]:
+    """The stages that a `dvc repro` (or `dvc queue logs`) output says it ran, in pipeline order."""
+    return [s for s in STAGES if re.search(rf"Running stage '{re.escape(s)}'", output)]
+
+
+def repro(project: Path) -> list[str]:
+    return ran_stages(run(["dvc", "repro"], project).stdout)
+
+
 @pytest.fixture
 def dvc_project(tmp_path):
     return make_dvc_project(tmp_path / "project")
@@ -161,7 +174,7 @@ def tiny_run_template(tmp_path_factory, worker_id) -> Path:
             set_params(project, **{"data.source": f"path:{root / 'images'}"}, **TINY_RUN)
             run(["git", "add", "-A"], project)
             run(["git", "commit", "-qm", "pipeline"], project)
-            run(["dvc", "repro"], project)
+            assert repro(project) == STAGES
             run(["git", "add", "-A"], project)
             run(["git", "commit", "-qm", "reference run"], project)
             (root / "done").touch()

@@ -6,8 +6,7 @@ import json
 import pytest
 import torch
 
-from conftest import make_image_tree, run, set_params
-from test_pipeline import STAGES, ran_stages
+from conftest import STAGES, make_image_tree, ran_stages, run, set_params
 from tlpipe.data.cache import load_split
 from tlpipe.model.backbones import create_backbone
 from tlpipe.model.classifier import Classifier

@@ -10,9 +10,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import run
+from conftest import ran_stages, run
 from tlpipe.experiments import queue
-from test_pipeline import ran_stages
 
 pytestmark = pytest.mark.slow
 

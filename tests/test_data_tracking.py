@@ -18,8 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import make_image_tree, png_bytes, run, set_params
-from test_pipeline import ran_stages
+from conftest import make_image_tree, png_bytes, ran_stages, run, set_params
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import make_dvc_project, run, section, set_params
+from conftest import STAGES, learnable_tree, make_dvc_project, repro, run, section, set_params
 from tlpipe.params import FinetuneParams
 from tlpipe.errors import TlpipeError
 from tlpipe.model.classifier import Classifier
@@ -124,9 +124,6 @@ def test_the_lr_find_plot_is_declared_and_renders_in_dvc_plots_show(tmp_path):
 def test_pipeline_with_lr_auto_strategy_auto_and_attention_heads(dvc_project, tmp_path):
     """One `dvc repro` with every auto and attention head on: the rate finetune trained with is the
     range test's suggestion, `tlpipe lr-find` shows the same curve, the plot renders."""
-    from conftest import learnable_tree
-    from test_pipeline import STAGES, repro
-
     project = dvc_project
     learnable_tree(tmp_path / "images", per_class=20)  # noise has no rate that lowers the loss
     set_params(project, **{

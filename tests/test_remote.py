@@ -11,8 +11,7 @@ import re
 import pytest
 import yaml
 
-from conftest import REPO, make_dvc_project, make_image_tree, run, set_params
-from test_pipeline import STAGES, ran_stages
+from conftest import REPO, STAGES, make_dvc_project, make_image_tree, ran_stages, run, set_params
 from tlpipe.records import cached_outputs, git_outputs, record_path
 
 DVC_STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]

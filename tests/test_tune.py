@@ -10,8 +10,7 @@ import dvc.api
 import pandas as pd
 import pytest
 import yaml
-from conftest import make_dvc_project, make_image_tree, run, set_params
-from test_pipeline import ran_stages
+from conftest import make_dvc_project, make_image_tree, ran_stages, run, set_params
 
 pytestmark = pytest.mark.slow
 
