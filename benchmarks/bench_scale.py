@@ -109,7 +109,9 @@ def main() -> int:
     if args.child:
         print("RESULT " + json.dumps(child(args.child, args.project)), flush=True)
         return 0
-    n = args.n or (1000 if args.quick else 20000)
+    if args.n is not None and args.n < 1:
+        p.error(f"--n must be at least 1, got {args.n}")
+    n = args.n if args.n is not None else (1000 if args.quick else 20000)
     summary = common.Summary(f"bench_scale: peak memory of four stages at N = {n} and 4N = {4 * n} "
                              f"generated {SIZE} px images (head/probe sample cap {CAP})")
     figures: dict[int, dict] = {}

@@ -10,7 +10,7 @@ import dvc.api
 import pandas as pd
 import pytest
 import yaml
-from conftest import make_dvc_project, make_image_tree, ran_stages, run, set_params
+from conftest import TINY_RUN, make_dvc_project, make_image_tree, ran_stages, run, set_params
 
 pytestmark = pytest.mark.slow
 
@@ -19,10 +19,7 @@ SPACE = ["--space", "finetune.lr=0.0003,0.01"]
 
 def tune_project(root, images):
     project = make_dvc_project(root)
-    set_params(project, **{
-        "data.source": f"path:{images}", "resize.size": 32, "backbone.weights": "none",
-        "finetune.epochs": 2, "finetune.batch_size": 16, "features.batch_size": 32,
-    })
+    set_params(project, **{"data.source": f"path:{images}"}, **TINY_RUN)
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "pipeline"], project)
     return project
